@@ -1,0 +1,65 @@
+"""The base class every attention mechanism derives from.
+
+It holds only what all mechanisms share: the channel count, the input check, and the
+recording flag with the slot that receives attention maps while ``record_attention`` is
+active. Mechanisms decide nothing else through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from .._checks import check_int
+
+FAMILIES = ("channel", "spatial", "channel-spatial", "global", "local", "linear", "token")
+
+MapSink = Callable[[Tensor, "tuple[int, int] | None"], None]
+
+
+class AttentionModule(nn.Module):
+    """Base of all visattn attention modules.
+
+    Subclasses set the class attributes ``family`` (one of ``FAMILIES``) and ``paper`` (a
+    one-line reference), call ``check_input`` at the top of ``forward`` and hand their
+    attention map to ``keep_map``, which stores it only while recording.
+    """
+
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    #: Feature-map modules take (B, C, H, W); token modules take (B, N, C).
+    layout: ClassVar[str] = "feature-map"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = check_int("channels", channels)
+        self.recording = False
+        self._map_sink: MapSink | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family and cls.family not in FAMILIES:
+            raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}, got {cls.family!r}")
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, C, H, W)`` (or ``(B, N, C)`` for token
+        modules) with ``C == self.channels``."""
+        if self.layout == "token":
+            ok = x.ndim == 3 and x.shape[-1] == self.channels
+            expected = f"(B, N, {self.channels})"
+        else:
+            ok = x.ndim == 4 and x.shape[1] == self.channels
+            expected = f"(B, {self.channels}, H, W)"
+        if not ok:
+            raise ValueError(f"{type(self).__name__} expects input of shape {expected}, got {tuple(x.shape)}")
+
+    def keep_map(self, attn: Tensor, *, grid: tuple[int, int] | None = None) -> None:
+        """Hand ``attn`` to the active recorder, if any. ``grid`` is the (H, W) of the
+        positions of a token map, so that it can be turned back into an image."""
+        if self.recording and self._map_sink is not None:
+            self._map_sink(attn.detach(), grid)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"

@@ -1,0 +1,34 @@
+"""Models built from visattn attention, all registered in ``MODELS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..registry import MODELS
+from .attention_cnn import AttentionCNN
+
+__all__ = ["MODELS", "AttentionCNN", "create_model", "list_models"]
+
+
+def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a registered model name (see ``list_models``).
+        num_classes: number of output logits.
+        in_channels: channels of the input images.
+        **options: the model's keyword options; the common one is ``attention``, a
+            registered attention name, a callable ``channels -> module``, or ``None`` for
+            the network without attention. Left out, the model's own default is used.
+
+    Example:
+        >>> create_model("attention_cnn", num_classes=10, in_channels=1, attention="mhsa")
+    """
+    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return MODELS.names()
