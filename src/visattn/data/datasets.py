@@ -1,0 +1,101 @@
+"""In-memory image data sets and the bundle of splits a training run needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .cluttered import make_cluttered
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def channel_stats(images: np.ndarray) -> Stats:
+    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images, in [0, 1] units."""
+    x = images.astype(np.float64) / 255.0
+    mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8, normalised batch by batch.
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+        labels: int64 ``(N,)``.
+        stats: per-channel ``(mean, std)`` of the training split, in [0, 1] units.
+        boxes: optional int64 ``(N, 4)`` object boxes ``(x0, y0, x1, y1)``, exclusive ends.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, *, stats: Stats, boxes: Tensor | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"images must be uint8 (N, C, H, W) with N labels, got {images.shape}")
+        self.images, self.labels, self.boxes, self.stats = images, labels, boxes, stats
+        self._mean = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 ``(B, C, H, W)`` -> normalised float32."""
+        return (images.float() / 255.0 - self._mean) / self._std
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.normalize(self.images[index : index + 1])[0], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        # DataLoader hands whole batches of indices here: one gather instead of B calls.
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.normalize(self.images[idx]), self.labels[idx]
+
+
+class ClutteredTrainSet(ImageTensorDataset):
+    """Training split of Cluttered MNIST whose canvases are made anew for every epoch: each
+    digit lands at fresh positions among fresh clutter, a pure function of the epoch. The
+    normalisation statistics are those of epoch 0."""
+
+    def __init__(self, digits: np.ndarray, labels: np.ndarray, *, copies: int) -> None:
+        self.digits, self.digit_labels, self.copies = digits, labels, copies
+        images, canvas_labels = self._canvases(0)
+        super().__init__(images, canvas_labels, stats=channel_stats(images.numpy()))
+        self.epoch = 0
+
+    def _canvases(self, epoch: int) -> tuple[Tensor, Tensor]:
+        made = make_cluttered(
+            self.digits, self.digit_labels, count=self.copies * len(self.digits), seed=(0, epoch)
+        )
+        return torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch to the canvases of ``epoch`` (the training loop calls this every epoch)."""
+        if epoch != self.epoch:
+            self.images, self.labels = self._canvases(epoch)
+            self.epoch = epoch
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Both splits of a data set and what a model trained on it must know."""
+
+    name: str
+    train: ImageTensorDataset
+    test: ImageTensorDataset
+    classes: list[str]
+
+    @property
+    def stats(self) -> Stats:
+        return self.train.stats
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
