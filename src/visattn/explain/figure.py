@@ -1,0 +1,118 @@
+"""A PNG grid of where a model looks: one row per image with the input, the attention heat
+map over it, and the model's top predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._io import atomic_write
+from ..data import ImageTensorDataset
+from .heatmap import model_heatmap
+
+
+def save_attention_grid(
+    path: Path,
+    images: Tensor,
+    heat: Tensor,
+    probs: Tensor,
+    classes: Sequence[str],
+    *,
+    labels: Tensor | None = None,
+    boxes: Tensor | None = None,
+    top: int = 3,
+    title: str | None = None,
+) -> None:
+    """Write the grid to ``path`` (PNG).
+
+    Args:
+        images: ``(B, C, H, W)`` in [0, 1] (undo the normalisation first).
+        heat: ``(B, H, W)`` in [0, 1].
+        probs: ``(B, classes)`` class probabilities.
+        classes: class names.
+        labels: optional true classes ``(B,)``, shown beside the prediction.
+        boxes: optional object boxes ``(B, 4)`` ``(x0, y0, x1, y1)``, drawn on both panels.
+        top: how many classes to list per image.
+        title: optional figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = images.shape[0]
+    pics = images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    heat_np = heat.detach().cpu().numpy()
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.3 * n + (0.4 if title else 0)), squeeze=False)
+    for i in range(n):
+        pic = pics[i, ..., 0] if pics.shape[-1] == 1 else pics[i]
+        cmap = "gray" if pics.shape[-1] == 1 else None
+        ax_in, ax_heat, ax_bar = axes[i]
+        ax_in.imshow(pic, cmap=cmap, vmin=0, vmax=1)
+        ax_heat.imshow(pic, cmap=cmap, vmin=0, vmax=1)
+        ax_heat.imshow(heat_np[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        py, px = np.unravel_index(np.argmax(heat_np[i]), heat_np[i].shape)
+        ax_heat.plot(px, py, marker="+", color="white", markersize=12, mew=2)
+        if boxes is not None:
+            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+            for ax in (ax_in, ax_heat):
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.2))
+        for ax in (ax_in, ax_heat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_in.set_title("input" if i == 0 else "", fontsize=9)
+        ax_heat.set_title("attention (+ peak)" if i == 0 else "", fontsize=9)
+        p, idx = probs[i].detach().cpu().topk(min(top, probs.shape[1]))
+        names = [classes[j] for j in idx.tolist()]
+        truth = None if labels is None else int(labels[i])
+        colors = ["tab:green" if truth == j else "tab:gray" for j in idx.tolist()]
+        ax_bar.barh(range(len(names))[::-1], p.numpy(), color=colors)
+        ax_bar.set_yticks(range(len(names))[::-1], names)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.tick_params(labelsize=8)
+        verdict = "" if truth is None else f" (true {classes[truth]})"
+        ax_bar.set_title(f"predicted {names[0]}{verdict}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+
+
+def save_model_attention(
+    model: nn.Module,
+    dataset: ImageTensorDataset,
+    classes: Sequence[str],
+    path: Path,
+    *,
+    device: torch.device | str = "cpu",
+    count: int = 8,
+    start: int = 0,
+    layer: str | None = None,
+) -> str:
+    """Draw the attention grid of ``model`` on ``count`` images of ``dataset`` from ``start``
+    and write it to ``path``. Returns the name of the attention layer shown."""
+    idx = list(range(start, min(start + count, len(dataset))))
+    if not idx:
+        raise ValueError(f"no images to draw: the data set has {len(dataset)}, start is {start}")
+    x, y = dataset.__getitems__(idx)
+    was_training = model.training
+    model.eval()
+    logits, heat, layer = model_heatmap(model, x.to(device), layer=layer)
+    model.train(was_training)
+    save_attention_grid(
+        path,
+        dataset.images[idx].float() / 255.0,
+        heat,
+        logits.float().softmax(dim=1),
+        classes,
+        labels=y,
+        boxes=None if dataset.boxes is None else dataset.boxes[idx],
+        title=f"attention of {layer}",
+    )
+    return layer
