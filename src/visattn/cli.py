@@ -1,0 +1,405 @@
+"""The ``visattn`` command: train, evaluate, predict and explain attention models.
+
+Thin on purpose: it parses and validates what the user typed, calls the library, and owns
+the console. A user mistake (bad flag value, missing file, unusable checkpoint or image)
+ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import torch
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .attention import ATTENTION
+from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
+from .data.images import ImageError, load_image
+from .explain import save_model_attention
+from .flops import count_flops
+from .registry import MODELS
+from .train import (
+    CheckpointError,
+    ConfigError,
+    TrainingError,
+    evaluate,
+    load_model,
+    resolve_config,
+    resolve_device,
+)
+from .train.loop import LogReporter, train
+
+log = logging.getLogger("visattn")
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="visattn",
+    help="Train, evaluate, predict with and explain attention models for images.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DataUnavailableError,
+    ImageError,
+    TrainingError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line and exit with code 2."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's errors about user input into one line and exit code 2; the
+    traceback is still logged at debug level (``visattn -v``)."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        log.debug("error details", exc_info=True)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        fail(str(message).strip().splitlines()[0] if str(message).strip() else type(err).__name__)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details, including tracebacks of errors.")
+    ] = False,
+) -> None:
+    """Attention for computer vision: train, evaluate, predict and explain."""
+    handler = (
+        RichHandler(console=err_console, show_path=False, show_time=False)
+        if err_console.is_terminal
+        else logging.StreamHandler()
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler], force=True
+    )
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RichReporter:
+    """A progress bar for the whole run, with loss, accuracy and throughput, and one line
+    per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+        self.steps = 0
+
+    def run_started(self, run_dir: Path, epochs: int, steps_per_epoch: int) -> None:
+        console.print(f"run folder [cyan]{escape(str(run_dir))}[/cyan]")
+        self.steps = steps_per_epoch
+        self.epochs = epochs
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=epochs * steps_per_epoch, epoch=f"1/{epochs}", loss=0.0, acc=0.0, rate=0.0
+        )
+
+    def step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
+        self.progress.update(
+            self.task,
+            completed=(epoch - 1) * self.steps + step,
+            epoch=f"{epoch}/{self.epochs}",
+            loss=loss,
+            acc=accuracy,
+            rate=images_per_s,
+        )
+
+    def epoch_done(self, metrics: dict[str, Any]) -> None:
+        pointing = metrics["pointing_game"]
+        self.progress.console.print(
+            f"epoch {metrics['epoch']:>3}  train loss {metrics['train_loss']:.4f}  "
+            f"acc {metrics['train_accuracy']:.2%}  |  test loss {metrics['test_loss']:.4f}  "
+            f"acc {metrics['test_accuracy']:.2%}"
+            + ("" if pointing == "" else f"  pointing {pointing:.1%}")
+            + f"  |  {metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_seconds']:.1f} s"
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str | None, typer.Option(help="Model name (see `visattn models`).")] = None,
+    attention: Annotated[
+        str | None, typer.Option(help="Attention name (see `visattn attention`) or 'none'.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"Data set: {', '.join(DATASETS.names())}.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config; flags override its values.")] = None,
+) -> None:
+    """Train a model (default: AttentionCNN with self-attention on Cluttered MNIST)."""
+    with user_errors():
+        cfg = resolve_config(
+            config,
+            model=model,
+            attention=attention,
+            dataset=dataset,
+            data_dir=data_dir,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            output=output,
+            device=device,
+            workers=workers,
+        )
+        reporter = RichReporter() if console.is_terminal else LogReporter()
+        try:
+            summary = train(cfg, reporter=reporter)
+        finally:
+            if isinstance(reporter, RichReporter):
+                reporter.close()
+    table = Table(title="training summary", show_header=False)
+    rows = [
+        (
+            "model",
+            f"{summary['model']} (attention {summary['attention']}), {summary['parameters']:,} parameters",
+        ),
+        ("data", summary["dataset"]),
+        (
+            "test accuracy",
+            f"{summary['test_accuracy']:.2%} "
+            f"(best {summary['best_test_accuracy']:.2%} at epoch {summary['best_epoch']})",
+        ),
+        ("pointing game", "n/a" if summary["pointing_game"] is None else f"{summary['pointing_game']:.1%}"),
+        ("throughput", f"{summary['train_images_per_s']:.0f} training images/s on {summary['device']}"),
+        ("wall time", f"{summary['wall_seconds']:.0f} s"),
+        ("run folder", summary["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    console.print(table)
+
+
+def _compatible_data(meta: dict[str, Any], dataset: str | None, data_dir: Path | None) -> tuple[Any, str]:
+    name = dataset or meta.get("dataset")
+    if name is None:
+        raise ValueError("the checkpoint names no data set; pass --dataset")
+    bundle = load_dataset(name, data_dir=data_dir)
+    if bundle.in_channels != meta["in_channels"] or len(bundle.classes) != meta["num_classes"]:
+        raise ValueError(
+            f"data set {name} has {bundle.in_channels} channels and {len(bundle.classes)} classes, "
+            f"the checkpoint's model expects {meta['in_channels']} and {meta['num_classes']}"
+        )
+    return bundle, name
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 250,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Accuracy, per-class accuracy and the pointing game on a data set's test split."""
+    with user_errors():
+        dev = resolve_device(device)
+        model, meta = load_model(checkpoint, device=dev)
+        bundle, name = _compatible_data(meta, dataset, data_dir)
+        result = evaluate(
+            model, bundle.test, num_classes=meta["num_classes"], device=dev, batch_size=batch_size
+        )
+    table = Table(title=f"{escape(str(checkpoint))} on {name} (test, {result.count} images)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for cls, acc in zip(meta["classes"], result.per_class, strict=True):
+        table.add_row(escape(str(cls)), f"{acc:.2%}")
+    table.add_section()
+    table.add_row("all", f"{result.accuracy:.2%}")
+    console.print(table)
+    console.print(f"loss {result.loss:.4f}")
+    if result.pointing is not None:
+        console.print(f"pointing game {result.pointing:.1%} (attention peak inside the object's box)")
+
+
+@app.command("predict")
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 3,
+    convert: Annotated[
+        bool, typer.Option(help="Convert images to the model's channel count instead of refusing them.")
+    ] = False,
+    resize: Annotated[bool, typer.Option(help="Resize images to the training size.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k classes with probabilities for each image."""
+    with user_errors():
+        dev = resolve_device(device)
+        model, meta = load_model(checkpoint, device=dev)
+        batch = [_model_input(p, meta, convert=convert, resize=resize) for p in images]
+        with torch.no_grad():
+            probs = [model(x[None].to(dev)).float().softmax(dim=1)[0].cpu() for x in batch]
+    k = min(top_k, meta["num_classes"])
+    ranked = [p.topk(k) for p in probs]
+    if as_json:
+        records = [
+            {
+                "image": str(path),
+                "top": [
+                    {"class": meta["classes"][i], "probability": round(v, 6)}
+                    for v, i in zip(values.tolist(), idx.tolist(), strict=True)
+                ],
+            }
+            for path, (values, idx) in zip(images, ranked, strict=True)
+        ]
+        console.print_json(data=records)
+        return
+    table = Table(title=f"predictions of {escape(str(checkpoint))}")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(f"#{rank}", justify="right", no_wrap=True)
+    for path, (values, idx) in zip(images, ranked, strict=True):
+        cells = [
+            f"{escape(str(meta['classes'][i]))} {v:.1%}"
+            for v, i in zip(values.tolist(), idx.tolist(), strict=True)
+        ]
+        table.add_row(escape(str(path)), *cells)
+    console.print(table)
+
+
+def _model_input(path: Path, meta: dict[str, Any], *, convert: bool, resize: bool) -> torch.Tensor:
+    """An image file as the normalised ``(C, H, W)`` input of the checkpoint's model."""
+    size = tuple(meta["input_size"]) if resize else None
+    raw = load_image(path, channels=meta["in_channels"], size=size, convert=convert)
+    mean = torch.tensor(meta["mean"]).view(-1, 1, 1)
+    std = torch.tensor(meta["std"]).view(-1, 1, 1)
+    return (raw.float() / 255.0 - mean) / std
+
+
+@app.command("attention-maps")
+def attention_maps_command(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files (default: test images of the data set).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("attention-maps.png"),
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
+    count: Annotated[int, typer.Option(min=1, max=64, help="Test images to show.")] = 8,
+    start: Annotated[int, typer.Option(min=0, help="Index of the first test image.")] = 0,
+    layer: Annotated[str | None, typer.Option(help="Attention module to show (default: the last).")] = None,
+    convert: Annotated[bool, typer.Option(help="Convert images to the model's channel count.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """A PNG grid: each input, its attention map overlaid, and the prediction."""
+    with user_errors():
+        if output.exists() and not force:
+            raise ValueError(f"{output} exists; choose another --output or pass --force to replace it")
+        if output.suffix.lower() != ".png":
+            raise ValueError(f"--output must name a .png file, got {output}")
+        if not output.parent.is_dir():
+            raise FileNotFoundError(f"folder {output.parent} does not exist")
+        dev = resolve_device(device)
+        model, meta = load_model(checkpoint, device=dev)
+        if images:
+            shown = _files_as_dataset(images, meta)
+            start, count = 0, len(images)
+        else:
+            shown = _compatible_data(meta, dataset, data_dir)[0].test
+        layer = save_model_attention(
+            model, shown, meta["classes"], output, device=dev, count=count, start=start, layer=layer
+        )
+    console.print(f"wrote [cyan]{escape(str(output))}[/cyan] (attention of {escape(layer)})")
+
+
+def _files_as_dataset(images: list[Path], meta: dict[str, Any]) -> ImageTensorDataset:
+    size = tuple(meta["input_size"])
+    raw = torch.stack([load_image(p, channels=meta["in_channels"], size=size, convert=True) for p in images])
+    return ImageTensorDataset(
+        raw, torch.full((len(images),), -1), stats=(tuple(meta["mean"]), tuple(meta["std"]))
+    )
+
+
+@app.command("models")
+def models_command(
+    num_classes: Annotated[int, typer.Option(min=1, help="Classes for the parameter count.")] = 10,
+    in_channels: Annotated[int, typer.Option(min=1, help="Input channels for the parameter count.")] = 3,
+) -> None:
+    """The registered models."""
+    table = Table(title="models")
+    for col in ("name", "parameters", "description"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for name in MODELS.names():
+        builder = MODELS.get(name)
+        model = builder(num_classes=num_classes, in_channels=in_channels)
+        doc = (builder.__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, f"{sum(p.numel() for p in model.parameters()):,}", escape(doc))
+    console.print(table)
+
+
+@app.command("attention")
+def attention_command(
+    channels: Annotated[int, typer.Option(min=1, help="Channels C for parameters and FLOPs.")] = 256,
+    size: Annotated[int, typer.Option(min=1, help="Feature-map side for the FLOP count.")] = 56,
+) -> None:
+    """The registered attention mechanisms, with parameters and forward FLOPs."""
+    table = Table(title=f"attention mechanisms (C={channels}, FLOPs at {size}x{size}, batch 1)")
+    for col in ("name", "family", "parameters", "GFLOPs", "paper"):
+        table.add_column(col, justify="right" if col in ("parameters", "GFLOPs") else "left")
+    x = torch.randn(1, channels, size, size)
+    for name in ATTENTION.names():
+        cls = ATTENTION.get(name)
+        with user_errors():
+            module = cls(channels).eval()
+        flops = count_flops(module, x)
+        params = sum(p.numel() for p in module.parameters())
+        table.add_row(name, cls.family, f"{params:,}", f"{flops / 1e9:.3f}", escape(cls.paper))
+    console.print(table)
+
+
+def run() -> None:
+    """Entry point of the ``visattn`` script."""
+    app()
