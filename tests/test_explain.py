@@ -8,14 +8,20 @@ from PIL import Image
 
 from visattn import create_model
 from visattn.data import ImageTensorDataset
-from visattn.explain import map_to_heatmap, model_heatmap, pointing_hits, save_model_attention
+from visattn.explain import (
+    map_to_heatmap,
+    model_heatmap,
+    pointing_hits,
+    received_attention,
+    save_model_attention,
+)
 
 
 def test_softmax_map_heat_is_attention_received():
     # 2x3 grid; every query attends only to position (row 1, col 2) -> its pixels are hottest.
     attn = torch.zeros(1, 2, 6, 6)
     attn[..., 5] = 1.0
-    heat = map_to_heatmap(attn, (2, 3), (20, 30))
+    heat = map_to_heatmap(attn, "softmax", (2, 3), (20, 30))
     assert heat.shape == (1, 20, 30)
     assert heat.min() == 0 and heat.max() == 1
     y, x = divmod(int(heat[0].argmax()), 30)
@@ -23,7 +29,7 @@ def test_softmax_map_heat_is_attention_received():
     # Received attention is averaged over heads and queries, by hand:
     attn = torch.rand(1, 3, 4, 4).softmax(-1)
     received = attn.mean(dim=(1, 2)).view(2, 2)
-    heat = map_to_heatmap(attn, (2, 2), (2, 2))[0]
+    heat = map_to_heatmap(attn, "softmax", (2, 2), (2, 2))[0]
     expected = (received - received.min()) / (received.max() - received.min())
     torch.testing.assert_close(heat, expected)
 
@@ -31,11 +37,21 @@ def test_softmax_map_heat_is_attention_received():
 def test_spatial_gate_and_refusals():
     gate = torch.zeros(2, 1, 4, 4)
     gate[0, 0, 1, 2] = 0.9
-    heat = map_to_heatmap(gate, None, (4, 4))
+    heat = map_to_heatmap(gate, "spatial", None, (4, 4))
     assert heat[0].argmax() == 1 * 4 + 2
     assert torch.all(heat[1] == 0)  # a flat map stays flat instead of dividing by zero
     with pytest.raises(ValueError, match="cannot make a spatial heat map"):
-        map_to_heatmap(torch.rand(2, 16), None, (4, 4))  # a channel gate
+        map_to_heatmap(torch.rand(2, 16), "channel", None, (4, 4))
+
+
+def test_window_map_heat_scatters_to_key_positions():
+    # 1x3 grid, windows of 2 slots; slot -1 is padding. Position 2 receives everything.
+    keys = torch.tensor([[2, -1], [1, 2], [2, 0]])
+    attn = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]]).view(1, 1, 3, 2)
+    received = received_attention(attn, keys, 3)
+    torch.testing.assert_close(received, torch.tensor([[0.5, 0.25, 2.25]]) / 3)
+    heat = map_to_heatmap(attn, "window", (1, 3), (1, 3), keys=keys)
+    torch.testing.assert_close(heat, torch.tensor([[[0.5 - 0.25, 0.0, 2.25 - 0.25]]]) / 2.0)
 
 
 def test_pointing_hits_by_hand():

@@ -10,48 +10,81 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from torch import Tensor, nn
 
 from .attention.base import AttentionModule
 
+#: Documented map kinds and shapes (see ``AttentionModule.keep_map``).
+MAP_KINDS = ("channel", "spatial", "softmax", "window", "gate")
+
+
+@dataclass(frozen=True)
+class _Record:
+    attn: Tensor
+    kind: str
+    grid: tuple[int, int] | None
+    keys: Tensor | None
+
 
 class AttentionMaps(Mapping[str, Tensor]):
     """Maps recorded during one or more forward passes: qualified name -> tensor.
 
-    A module that runs twice inside one recording stores its second map as ``name#1``, its
-    third as ``name#2``, and so on. ``grid(name)`` gives the (H, W) of the positions of a
-    token map, or ``None`` for gate maps that are already spatial or channel-wise.
+    A module with several maps stores them as ``name:part``. A module that runs twice
+    inside one recording stores its second map as ``name#1``, its third as ``name#2``, and
+    so on. ``kind``, ``grid`` and ``keys_index`` describe each map (see
+    ``AttentionModule.keep_map``).
     """
 
     def __init__(self) -> None:
-        self._maps: dict[str, Tensor] = {}
-        self._grids: dict[str, tuple[int, int] | None] = {}
+        self._records: dict[str, _Record] = {}
 
-    def _add(self, name: str, attn: Tensor, grid: tuple[int, int] | None) -> None:
-        key, calls = name, 0
-        while key in self._maps:
+    def _add(
+        self,
+        name: str,
+        attn: Tensor,
+        *,
+        kind: str,
+        grid: tuple[int, int] | None = None,
+        keys: Tensor | None = None,
+        part: str | None = None,
+    ) -> None:
+        if kind not in MAP_KINDS:
+            raise ValueError(f"map kind must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
+        base = name if part is None else f"{name}:{part}"
+        key, calls = base, 0
+        while key in self._records:
             calls += 1
-            key = f"{name}#{calls}"
-        self._maps[key] = attn
-        self._grids[key] = grid
+            key = f"{base}#{calls}"
+        self._records[key] = _Record(attn, kind, None if grid is None else tuple(grid), keys)
+
+    def kind(self, name: str) -> str:
+        """The map's kind: channel, spatial, softmax, window or gate."""
+        return self._records[name].kind
 
     def grid(self, name: str) -> tuple[int, int] | None:
-        """(H, W) of the positions behind a token map; ``None`` for gate maps."""
-        return self._grids[name]
+        """(h, w) of the key positions of a softmax map (of the query grid of a window
+        map); ``None`` when its keys are not spatial positions."""
+        return self._records[name].grid
+
+    def keys_index(self, name: str) -> Tensor | None:
+        """For window maps, ``(H*W, K)``: the flat position behind each window slot, -1 for
+        padding."""
+        return self._records[name].keys
 
     def __getitem__(self, name: str) -> Tensor:
-        return self._maps[name]
+        return self._records[name].attn
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._maps)
+        return iter(self._records)
 
     def __len__(self) -> int:
-        return len(self._maps)
+        return len(self._records)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k!r}: {tuple(v.shape)}" for k, v in self._maps.items())
+        inner = ", ".join(f"{k!r}: {r.kind} {tuple(r.attn.shape)}" for k, r in self._records.items())
         return f"AttentionMaps({{{inner}}})"
 
 
@@ -59,15 +92,15 @@ class AttentionMaps(Mapping[str, Tensor]):
 def record_attention(model: nn.Module) -> Iterator[AttentionMaps]:
     """Record the attention maps of every visattn attention module inside ``model``.
 
-    Shapes: channel gates ``(B, C)``; spatial gates ``(B, 1, H, W)``; softmax attention
-    ``(B, heads, Nq, Nk)``; windowed attention ``(B, heads, H*W, window area)``.
+    Shapes by kind: channel gates ``(B, C)``; spatial gates ``(B, 1, H, W)``; softmax
+    attention ``(B, heads, Nq, Nk)``; windowed attention ``(B, heads, H*W, window area)``.
 
     Example:
         >>> model = visattn.create_model("attention_cnn", num_classes=10, in_channels=1)
         >>> with record_attention(model) as maps:
         ...     logits = model(torch.randn(2, 1, 32, 32))
-        >>> list(maps)
-        ['attn']
+        >>> list(maps), maps.kind("attn")
+        (['attn'], 'softmax')
     """
     maps = AttentionMaps()
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionModule)]

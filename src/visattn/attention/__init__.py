@@ -1,7 +1,15 @@
-"""Attention mechanisms for feature maps, one file each, all registered in ``ATTENTION``."""
+"""Attention mechanisms for feature maps, one file (or one small family) each.
+
+Every file of this package registers its mechanisms in ``ATTENTION`` with
+``@ATTENTION.register(name)``; importing the package imports each file once, in name order,
+so a new file is registered (and covered by the registry-wide tests) without editing this
+one.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +18,9 @@ from torch import nn
 from ..registry import ATTENTION
 from .base import FAMILIES, AttentionModule
 from .mhsa import MultiHeadSelfAttention2d, SelfAttention
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 AttentionSpec = str | Callable[[int], nn.Module]
 

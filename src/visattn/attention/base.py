@@ -16,7 +16,7 @@ from .._checks import check_int
 
 FAMILIES = ("channel", "spatial", "channel-spatial", "global", "local", "linear", "token")
 
-MapSink = Callable[[Tensor, "tuple[int, int] | None"], None]
+MapSink = Callable[..., None]
 
 
 class AttentionModule(nn.Module):
@@ -55,11 +55,35 @@ class AttentionModule(nn.Module):
         if not ok:
             raise ValueError(f"{type(self).__name__} expects input of shape {expected}, got {tuple(x.shape)}")
 
-    def keep_map(self, attn: Tensor, *, grid: tuple[int, int] | None = None) -> None:
-        """Hand ``attn`` to the active recorder, if any. ``grid`` is the (H, W) of the
-        positions of a token map, so that it can be turned back into an image."""
+    def keep_map(
+        self,
+        attn: Tensor,
+        *,
+        kind: str,
+        grid: tuple[int, int] | None = None,
+        keys: Tensor | None = None,
+        part: str | None = None,
+    ) -> None:
+        """Hand a map to the active recorder, if any (a no-op unless recording).
+
+        Args:
+            attn: the map, in the documented shape of its ``kind``:
+                ``"channel"`` ``(B, C)`` gate in [0, 1];
+                ``"spatial"`` ``(B, 1, H, W)`` gate in [0, 1];
+                ``"softmax"`` ``(B, heads, Nq, Nk)`` weights whose rows sum to 1;
+                ``"window"`` ``(B, heads, H*W, K)``: each position's weights over the K
+                positions of its window (rows sum to 1);
+                ``"gate"`` any other gate with values in [0, 1].
+            kind: one of the kinds above.
+            grid: ``(h, w)`` of the key positions of a ``"softmax"`` map whose keys are
+                spatial positions (``h * w == Nk``), or of the query grid of a ``"window"``
+                map; ``None`` when the keys are not positions (channels, memory slots).
+            keys: for ``"window"`` maps, ``(H*W, K)`` int64: the flat position each window
+                slot reads from, ``-1`` for padding (which must carry zero weight).
+            part: a name for one of several maps of the same module (``name:part``).
+        """
         if self.recording and self._map_sink is not None:
-            self._map_sink(attn.detach(), grid)
+            self._map_sink(attn.detach(), kind=kind, grid=grid, keys=keys, part=part)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

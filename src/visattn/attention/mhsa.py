@@ -69,7 +69,7 @@ class SelfAttention(AttentionModule):
             need_weights=self.recording,
         )
         if weights is not None:
-            self.keep_map(weights)  # (B, 1, N, N)
+            self.keep_map(weights, kind="softmax")  # (B, 1, N, N)
         return out.squeeze(1)
 
 
@@ -155,7 +155,7 @@ class MultiHeadSelfAttention2d(AttentionModule):
         p = self.attn_drop if self.training else 0.0
         out, weights = attention(q, k, v, dropout_p=p, need_weights=self.recording)  # (B, h, N, d)
         if weights is not None:
-            self.keep_map(weights, grid=(H, W))  # (B, heads, N, N)
+            self.keep_map(weights, kind="softmax", grid=(H, W))  # (B, heads, N, N)
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, inner))  # (B, N, C)
         out = self.proj_drop(out).transpose(1, 2).reshape(B, C, H, W)
         return x + out if self.residual else out

@@ -1,12 +1,21 @@
 """Explanations: attention maps as per-pixel heat maps, localisation scores and figures."""
 
 from .figure import save_attention_grid, save_model_attention
-from .heatmap import map_to_heatmap, model_heatmap, pointing_hits, spatial_map_names
+from .heatmap import (
+    map_to_heatmap,
+    maps_heatmap,
+    model_heatmap,
+    pointing_hits,
+    received_attention,
+    spatial_map_names,
+)
 
 __all__ = [
     "map_to_heatmap",
+    "maps_heatmap",
     "model_heatmap",
     "pointing_hits",
+    "received_attention",
     "save_attention_grid",
     "save_model_attention",
     "spatial_map_names",

@@ -1,10 +1,10 @@
 """Turn recorded attention maps into per-pixel heat maps of the input size.
 
-A softmax map ``(B, heads, N, N)`` over the positions of an H x W grid becomes the attention
-each position *receives*, averaged over heads and queries: where the network gathers its
-evidence from. A spatial gate ``(B, 1, h, w)`` is used as it is. Both are resized to the
-input with bilinear interpolation and scaled to [0, 1] per image. Channel gates ``(B, C)``
-carry no spatial information and are refused.
+Softmax and window maps whose keys are spatial positions become the attention each
+position *receives*, averaged over heads and queries: where the network gathers its
+evidence from. Spatial gates ``(B, 1, h, w)`` are used as they are. All are resized to the
+input with bilinear interpolation and scaled to [0, 1] per image. Channel gates, and softmax
+maps over channels or memory slots, carry no spatial information and are refused.
 """
 
 from __future__ import annotations
@@ -16,24 +16,46 @@ from torch import Tensor, nn
 from ..maps import AttentionMaps, record_attention
 
 
-def map_to_heatmap(attn: Tensor, grid: tuple[int, int] | None, size: tuple[int, int]) -> Tensor:
+def received_attention(attn: Tensor, keys: Tensor, positions: int) -> Tensor:
+    """Window map ``(B, heads, Nq, K)`` -> ``(B, positions)``: for each position, the weight
+    it receives from all queries, averaged over heads and queries. ``keys`` ``(Nq, K)``
+    holds the flat position behind each slot (-1 for padding, which is skipped)."""
+    b = attn.shape[0]
+    weights = attn.float().mean(dim=1).reshape(b, -1)  # (B, Nq*K)
+    index = keys.reshape(-1).to(attn.device)
+    valid = index >= 0
+    received = torch.zeros(b, positions, device=attn.device)
+    received.index_add_(1, index[valid], weights[:, valid])
+    return received / attn.shape[2]
+
+
+def map_to_heatmap(
+    attn: Tensor,
+    kind: str,
+    grid: tuple[int, int] | None,
+    size: tuple[int, int],
+    *,
+    keys: Tensor | None = None,
+) -> Tensor:
     """One recorded map -> ``(B, H, W)`` heat in [0, 1] at the input ``size`` (H, W).
 
     Args:
-        attn: a recorded map: ``(B, heads, N, N)`` softmax weights over a grid, or a
-            ``(B, 1, h, w)`` spatial gate.
-        grid: the ``(h, w)`` of the positions of a softmax map (``AttentionMaps.grid``).
+        attn: a recorded map (see ``AttentionMaps``).
+        kind: its kind (``AttentionMaps.kind``).
+        grid: its grid (``AttentionMaps.grid``).
         size: the input image size.
+        keys: the slot-to-position index of a window map (``AttentionMaps.keys_index``).
     """
-    if attn.ndim == 4 and grid is not None and attn.shape[-1] == grid[0] * grid[1]:
-        received = attn.float().mean(dim=(1, 2))  # (B, N): averaged over heads and queries
-        heat = received.view(-1, 1, *grid)  # (B, 1, h, w)
-    elif attn.ndim == 4 and attn.shape[1] == 1 and grid is None:
+    if kind == "softmax" and grid is not None and attn.ndim == 4 and attn.shape[-1] == grid[0] * grid[1]:
+        heat = attn.float().mean(dim=(1, 2)).view(-1, 1, *grid)  # (B, 1, h, w)
+    elif kind == "window" and grid is not None and keys is not None:
+        heat = received_attention(attn, keys, grid[0] * grid[1]).view(-1, 1, *grid)
+    elif kind == "spatial" and attn.ndim == 4 and attn.shape[1] == 1:
         heat = attn.float()  # (B, 1, h, w)
     else:
         raise ValueError(
-            f"cannot make a spatial heat map from an attention map of shape {tuple(attn.shape)} "
-            f"(grid {grid}); spatial maps are (B, heads, N, N) over a grid or (B, 1, H, W)"
+            f"cannot make a spatial heat map from a {kind} map of shape {tuple(attn.shape)} "
+            f"(grid {grid}); spatial maps are softmax or window maps over positions, or spatial gates"
         )
     heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
     low = heat.amin(dim=(1, 2), keepdim=True)
@@ -41,14 +63,20 @@ def map_to_heatmap(attn: Tensor, grid: tuple[int, int] | None, size: tuple[int, 
     return (heat - low) / span.clamp_min(torch.finfo(heat.dtype).tiny)
 
 
+def maps_heatmap(maps: AttentionMaps, name: str, size: tuple[int, int]) -> Tensor:
+    """``map_to_heatmap`` for the recorded map ``name``."""
+    return map_to_heatmap(maps[name], maps.kind(name), maps.grid(name), size, keys=maps.keys_index(name))
+
+
 def spatial_map_names(maps: AttentionMaps) -> list[str]:
-    """Names of the recorded maps that ``map_to_heatmap`` can turn into images."""
+    """Names of the recorded maps that can be turned into heat maps, in forward order."""
     names = []
     for name, attn in maps.items():
-        grid = maps.grid(name)
-        if attn.ndim == 4 and (
-            (grid is not None and attn.shape[-1] == grid[0] * grid[1])
-            or (grid is None and attn.shape[1] == 1)
+        kind, grid = maps.kind(name), maps.grid(name)
+        if (
+            (kind == "softmax" and grid is not None and attn.shape[-1] == grid[0] * grid[1])
+            or (kind == "window" and grid is not None and maps.keys_index(name) is not None)
+            or (kind == "spatial" and attn.ndim == 4 and attn.shape[1] == 1)
         ):
             names.append(name)
     return names
@@ -63,11 +91,11 @@ def model_heatmap(
     Args:
         model: any model holding visattn attention modules.
         images: ``(B, C, H, W)`` normalised input.
-        layer: qualified name of the attention module to use; the last spatial map of the
-            forward pass (the one closest to the classifier) when ``None``.
+        layer: name of the recorded map to use; the last spatial map of the forward pass
+            (the one closest to the classifier) when ``None``.
 
     Returns:
-        logits ``(B, classes)``, heat ``(B, H, W)`` in [0, 1], and the layer used.
+        logits ``(B, classes)``, heat ``(B, H, W)`` in [0, 1], and the map used.
     """
     with record_attention(model) as maps:
         logits = model(images)
@@ -78,7 +106,7 @@ def model_heatmap(
         layer = names[-1]
     elif layer not in names:
         raise ValueError(f"no spatial attention map named {layer!r}; recorded: {', '.join(names)}")
-    return logits, map_to_heatmap(maps[layer], maps.grid(layer), tuple(images.shape[-2:])), layer
+    return logits, maps_heatmap(maps, layer, tuple(images.shape[-2:])), layer
 
 
 def pointing_hits(heat: Tensor, boxes: Tensor, *, tolerance: int = 0) -> Tensor:
