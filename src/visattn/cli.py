@@ -28,11 +28,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .attention import ATTENTION
+from .catalog import catalog, catalog_markdown
 from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_model_attention
-from .flops import count_flops
 from .registry import MODELS
 from .train import (
     CheckpointError,
@@ -383,20 +382,25 @@ def models_command(
 @app.command("attention")
 def attention_command(
     channels: Annotated[int, typer.Option(min=1, help="Channels C for parameters and FLOPs.")] = 256,
-    size: Annotated[int, typer.Option(min=1, help="Feature-map side for the FLOP count.")] = 56,
+    size: Annotated[int, typer.Option(min=2, help="Feature-map side for the FLOP count.")] = 56,
+    markdown: Annotated[bool, typer.Option(help="Print the Markdown page docs/attention.md.")] = False,
 ) -> None:
-    """The registered attention mechanisms, with parameters and forward FLOPs."""
+    """The registered attention mechanisms: family, parameters, FLOPs, complexity, paper."""
+    if markdown:
+        print(catalog_markdown(channels=channels, size=size), end="")
+        return
     table = Table(title=f"attention mechanisms (C={channels}, FLOPs at {size}x{size}, batch 1)")
-    for col in ("name", "family", "parameters", "GFLOPs", "paper"):
+    for col in ("name", "family", "parameters", "GFLOPs", "complexity", "paper"):
         table.add_column(col, justify="right" if col in ("parameters", "GFLOPs") else "left")
-    x = torch.randn(1, channels, size, size)
-    for name in ATTENTION.names():
-        cls = ATTENTION.get(name)
-        with user_errors():
-            module = cls(channels).eval()
-        flops = count_flops(module, x)
-        params = sum(p.numel() for p in module.parameters())
-        table.add_row(name, cls.family, f"{params:,}", f"{flops / 1e9:.3f}", escape(cls.paper))
+    for row in catalog(channels=channels, size=size):
+        table.add_row(
+            row.name,
+            row.family,
+            f"{row.parameters:,}",
+            f"{row.gflops:.3f}",
+            row.complexity,
+            escape(row.paper),
+        )
     console.print(table)
 
 

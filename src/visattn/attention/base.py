@@ -22,13 +22,15 @@ MapSink = Callable[..., None]
 class AttentionModule(nn.Module):
     """Base of all visattn attention modules.
 
-    Subclasses set the class attributes ``family`` (one of ``FAMILIES``) and ``paper`` (a
-    one-line reference), call ``check_input`` at the top of ``forward`` and hand their
+    Subclasses set the class attributes ``family`` (one of ``FAMILIES``), ``paper`` (a
+    one-line reference) and ``complexity`` (cost in the number of positions N, e.g.
+    ``"O(N²)"``), call ``check_input`` at the top of ``forward`` and hand their
     attention map to ``keep_map``, which stores it only while recording.
     """
 
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    complexity: ClassVar[str] = ""
     #: Feature-map modules take (B, C, H, W); token modules take (B, N, C).
     layout: ClassVar[str] = "feature-map"
 

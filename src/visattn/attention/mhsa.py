@@ -44,6 +44,7 @@ class SelfAttention(AttentionModule):
 
     family = "token"
     paper = "Vaswani et al. 2017, Attention Is All You Need"
+    complexity = "O(N²)"
     layout = "token"
 
     def __init__(self, dim: int, *, qkv_bias: bool = True, dropout: float = 0.0) -> None:
@@ -102,6 +103,7 @@ class MultiHeadSelfAttention2d(AttentionModule):
 
     family = "global"
     paper = "Vaswani et al. 2017, Attention Is All You Need (over 2-D positions)"
+    complexity = "O(N²)"
 
     def __init__(
         self,

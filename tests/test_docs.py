@@ -1,0 +1,37 @@
+"""Generated documentation stays in step with the code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from visattn import create_attention
+from visattn.catalog import catalog_markdown, mechanism_cost
+from visattn.flops import count_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_attention_page_is_generated_from_the_registry():
+    page = (ROOT / "docs" / "attention.md").read_text()
+    assert page == catalog_markdown(), "regenerate with: visattn attention --markdown > docs/attention.md"
+
+
+def test_catalogue_counts_attention_matmuls():
+    cost = mechanism_cost("mhsa", channels=64, size=16)
+    c = 64
+
+    def flops(n: int) -> int:
+        projections = 2 * n * c * 3 * c + 2 * n * c * c  # qkv and output projections
+        matmuls = 2 * 2 * n * n * c  # q k^T and weights @ v
+        position = 2 * n * c * 2 * c  # the sine code's projection onto q and k
+        return projections + matmuls + position
+
+    assert cost.gflops * 1e9 == flops(256)
+    assert cost.parameters == 4 * c * c + 4 * c
+    # The fused kernel's matmuls are counted like the explicit path's.
+    module = create_attention("mhsa", c).eval()
+    assert count_flops(module, torch.randn(1, c, 16, 16)) == cost.gflops * 1e9
+    assert abs(cost.growth - math.log(flops(256) / flops(64)) / math.log(4)) < 1e-12
