@@ -77,8 +77,8 @@ def test_matches_float64_reference(options, hw):
 
 def test_max_minus_energy_is_softmax_of_minus_energy_and_differs_from_eq3():
     """The authors' max-minus CAM favours dissimilar channels; eq. 3 favours similar ones."""
-    code = build(branches="channel")
-    paper = build(branches="channel", cam_energy="paper")
+    code = build(branches="channel", cam_energy="max_minus")
+    paper = build(branches="channel")  # eq. 3 is the default
     paper.load_state_dict(code.state_dict())
     x = torch.randn(2, 16, 5, 5)
     with record_attention(code) as a, record_attention(paper) as b:

@@ -2,7 +2,7 @@
 
 Fu et al., CVPR 2019, "Dual Attention Network for Scene Segmentation", arXiv:1809.02983.
 PAM: ``E_p = x + gamma_p * sum_j softmax_j(B_i . C_j) D_j`` with B, C 1x1 convolutions to C/8
-and D to C. CAM: ``E_c = x + gamma_c * softmax(max(A A^T) - A A^T) A`` with A the (C, N) input.
+and D to C. CAM (eq. 3): ``E_c = x + gamma_c * softmax(A A^T) A`` with A the (C, N) input.
 Both gammas start at zero.
 
 Deviations from the paper:
@@ -10,10 +10,10 @@ Deviations from the paper:
   shared input counted once, ``y = x + gamma_p * PAM(x) + gamma_c * CAM(x)`` (the paper sums
   the two branches after a 3x3 conv-BN-ReLU each, inside its segmentation head; those
   convolutions are left to the host network). At initialisation the block is the identity.
-- CAM's energy: ``cam_energy="max_minus"`` (default) is the authors' released code,
-  ``softmax(rowmax(E) - E)``, which equals ``softmax(-E)``: each channel attends most to the
-  channels least similar to it. Eq. 3 of the paper writes ``softmax(E)``; ``cam_energy="paper"``
-  gives that.
+- CAM's energy follows eq. 3, ``softmax(E)``, by default (``cam_energy="paper"``). The
+  authors' released code computes ``softmax(rowmax(E) - E)``, which equals ``softmax(-E)``:
+  each channel attends most to the channels least similar to it; ``cam_energy="max_minus"``
+  reproduces it, and the tests show that the two differ.
 - ``branches`` can keep one module only.
 
 Reference checked against: no installable reference; a float64 re-implementation of the
@@ -60,7 +60,7 @@ class DualAttention(AttentionModule):
         channels: int,
         *,
         reduction: int = 8,
-        cam_energy: str = "max_minus",
+        cam_energy: str = "paper",
         branches: str = "both",
     ) -> None:
         super().__init__(channels)
