@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from visattn import create_attention
+from visattn.attention import ATTENTION
 from visattn.catalog import catalog_markdown, mechanism_cost
 from visattn.flops import count_flops
 
@@ -35,3 +36,15 @@ def test_catalogue_counts_attention_matmuls():
     module = create_attention("mhsa", c).eval()
     assert count_flops(module, torch.randn(1, c, 16, 16)) == cost.gflops * 1e9
     assert abs(cost.growth - math.log(flops(256) / flops(64)) / math.log(4)) < 1e-12
+
+
+def test_declared_complexity_matches_the_measured_flop_growth():
+    """A mechanism declared linear in N must not hide an N x N product, and a quadratic one
+    must show it (counted FLOPs: matmuls and convolutions)."""
+    for name in ATTENTION.names():
+        cost = mechanism_cost(name, channels=64, size=56)
+        assert cost.complexity.startswith("O(N"), name
+        if cost.complexity == "O(N)":
+            assert cost.growth <= 1.1, (name, cost.growth)
+        if cost.complexity.startswith("O(N²"):
+            assert cost.growth >= 1.5, (name, cost.growth)

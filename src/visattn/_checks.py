@@ -30,3 +30,10 @@ def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def check_odd(name: str, value: Any) -> int:
+    """``value`` must be an odd integer >= 1 (a kernel that keeps H x W with padding k // 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
+    return value

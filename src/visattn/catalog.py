@@ -69,17 +69,28 @@ def catalog_markdown(*, channels: int = 256, size: int = 56) -> str:
         "a test checks that this page lists exactly the registered mechanisms.",
         "",
         f"Parameters at C = {channels}; forward GFLOPs for one {channels} x {size} x {size} feature",
-        "map (a multiply-add counts 2; attention matmuls are counted even where the fused kernel",
-        "runs); complexity in the number of positions N = H x W as declared by each mechanism, and",
-        f"the exponent e of FLOPs ~ N^e measured between {max(1, size // 2)}² and {size}² positions",
-        "(below 2 for quadratic mechanisms where the linear projections still dominate).",
+        "map, counted by `torch.utils.flop_counter`: matrix products and convolutions, a",
+        "multiply-add counting 2, attention matmuls included even where the fused kernel runs;",
+        "element-wise work (pooling, gating, normalisation) is not counted, so pure gates show",
+        "almost nothing. Complexity in the number of positions N = H x W as declared by each",
+        f"mechanism, and the exponent e of counted FLOPs ~ N^e measured between {max(1, size // 2)}²",
+        f"and {size}² positions (below 2 for quadratic mechanisms where the projections still",
+        "dominate; - where the counted FLOPs do not depend on N). A test checks that mechanisms",
+        "declared O(N) measure e <= 1.1 and quadratic ones e >= 1.5.",
         "",
         "| name | family | parameters | GFLOPs | complexity | measured e | paper |",
         "|---|---|---:|---:|---|---:|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| `{r.name}` | {r.family} | {r.parameters:,} | {r.gflops:.3f} | {r.complexity} | "
-            f"{r.growth:.2f} | {r.paper} |"
-        )
+        growth = "-" if r.growth < 0.05 else f"{r.growth:.2f}"
+        cells = [
+            f"`{r.name}`",
+            r.family,
+            f"{r.parameters:,}",
+            f"{r.gflops:.3f}",
+            r.complexity,
+            growth,
+            r.paper,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

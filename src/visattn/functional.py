@@ -21,6 +21,7 @@ __all__ = [
     "halo_index",
     "inverse_index",
     "neighborhood_index",
+    "relative_index",
     "relative_position_index",
     "sincos_2d",
     "window_partition",
@@ -239,6 +240,15 @@ def window_reverse(windows: Tensor, window: tuple[int, int], height: int, width:
         )
     x = windows.reshape(-1, height // wh, width // ww, wh, ww, C)  # (B, nH, nW, wh, ww, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, C)  # (B, H, W, C)
+
+
+def relative_index(length: int, max_distance: int, device: torch.device | str | None = None) -> Tensor:
+    """``(L, L)`` int64: row ``i``, column ``j`` holds ``clip(j - i, -M, M) + M``, the row
+    of a ``(2M + 1, d)`` relative table that the pair (query ``i``, key ``j``) reads. Offsets
+    beyond ``M`` share the edge rows (clipped relative positions, Shaw et al. 2018,
+    arXiv:1803.02155), so one table serves every length."""
+    pos = torch.arange(length, device=device)
+    return (pos[None, :] - pos[:, None]).clamp(-max_distance, max_distance) + max_distance
 
 
 def relative_position_index(

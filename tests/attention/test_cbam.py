@@ -112,7 +112,7 @@ def test_spatial_gate_sees_mean_then_max():
     ("options", "message"),
     [
         ({"kernel_size": 4}, "kernel_size must be an odd integer >= 1, got 4"),
-        ({"kernel_size": 0}, "kernel_size must be an integer >= 1, got 0"),
+        ({"kernel_size": 0}, "kernel_size must be an odd integer >= 1, got 0"),
         ({"reduction": 0}, "reduction must be an integer >= 1, got 0"),
         ({"min_hidden": 0}, "min_hidden must be an integer >= 1, got 0"),
         ({"hidden": 0}, "hidden must be an integer >= 1, got 0"),

@@ -67,6 +67,7 @@ def test_metadata(name):
     assert issubclass(cls, AttentionModule)
     assert cls.family in FAMILIES and cls.family != "token"
     assert cls.paper and len(cls.paper.splitlines()) == 1
+    assert cls.complexity.startswith("O(N"), "declare the cost in the number of positions N"
     source = importlib.import_module(cls.__module__)
     doc = source.__doc__ or ""
     assert "arXiv" in doc or "doi" in doc.lower(), "the file must open with its paper and link"

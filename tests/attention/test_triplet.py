@@ -101,7 +101,7 @@ def test_maps_are_the_three_gates():
     ("options", "message"),
     [
         ({"kernel_size": 6}, "kernel_size must be an odd integer >= 1, got 6"),
-        ({"kernel_size": -1}, "kernel_size must be an integer >= 1, got -1"),
+        ({"kernel_size": -1}, "kernel_size must be an odd integer >= 1, got -1"),
     ],
 )
 def test_option_validation(options, message):

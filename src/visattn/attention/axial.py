@@ -33,10 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_int
-from ..functional import attention
+from ..functional import attention, relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
-from .bot import relative_index
 
 
 class AxialLayer(nn.Module):
@@ -100,6 +99,7 @@ class AxialAttention2d(AttentionModule):
 
     family = "global"
     paper = "Wang et al. 2020, Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation"
+    complexity = "O(N·(H+W))"
 
     def __init__(
         self,

@@ -60,6 +60,7 @@ class BAM(AttentionModule):
 
     family = "channel-spatial"
     paper = "Park et al. 2018, BAM: Bottleneck Attention Module"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -27,16 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..functional import attention
+from ..functional import attention, relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
-
-
-def relative_index(length: int, max_distance: int, device: torch.device) -> Tensor:
-    """``(L, L)`` int64: row ``i``, column ``j`` holds ``clip(j - i, -M, M) + M``, the row
-    of a ``(2M + 1, d)`` relative table that the pair (query ``i``, key ``j``) reads."""
-    pos = torch.arange(length, device=device)
-    return (pos[None, :] - pos[:, None]).clamp(-max_distance, max_distance) + max_distance
 
 
 @ATTENTION.register("bot")
@@ -66,6 +59,7 @@ class BottleneckSelfAttention(AttentionModule):
 
     family = "global"
     paper = "Srinivas et al. 2021, Bottleneck Transformers for Visual Recognition"
+    complexity = "O(N²·(d+H+W))"
 
     def __init__(
         self,

@@ -28,17 +28,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, check_odd
 from ..registry import ATTENTION
 from .base import AttentionModule
-
-
-def check_odd_kernel(name: str, value: object) -> int:
-    """An odd kernel size keeps H x W with 'same' padding ``k // 2``."""
-    size = check_int(name, value)
-    if size % 2 == 0:
-        raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
-    return size
 
 
 @ATTENTION.register("cbam")
@@ -68,6 +60,7 @@ class CBAM(AttentionModule):
 
     family = "channel-spatial"
     paper = "Woo et al. 2018, CBAM: Convolutional Block Attention Module"
+    complexity = "O(N)"
 
     def __init__(
         self,
@@ -87,7 +80,7 @@ class CBAM(AttentionModule):
         self.min_hidden = check_int("min_hidden", min_hidden)
         width = max(min_hidden, channels // reduction) if hidden is None else hidden
         self.hidden = check_int("hidden", width)
-        self.kernel_size = check_odd_kernel("kernel_size", kernel_size)
+        self.kernel_size = check_odd("kernel_size", kernel_size)
         # One MLP for both descriptors (Eq. 2 shares W0 and W1).
         self.mlp = nn.Sequential(
             nn.Linear(channels, self.hidden, bias=mlp_bias),

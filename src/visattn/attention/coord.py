@@ -54,6 +54,7 @@ class CoordinateAttention(AttentionModule):
 
     family = "channel-spatial"
     paper = "Hou et al. 2021, Coordinate Attention for Efficient Mobile Network Design"
+    complexity = "O(N)"
 
     def __init__(
         self,

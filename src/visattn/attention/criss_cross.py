@@ -53,6 +53,7 @@ class CrissCrossAttention(AttentionModule):
 
     family = "global"
     paper = "Huang et al. 2019, CCNet: Criss-Cross Attention for Semantic Segmentation"
+    complexity = "O(N·(H+W))"
 
     def __init__(self, channels: int, *, reduction: int = 8, recurrence: int = 2) -> None:
         super().__init__(channels)

@@ -54,6 +54,7 @@ class DualAttention(AttentionModule):
 
     family = "global"
     paper = "Fu et al. 2019, Dual Attention Network for Scene Segmentation"
+    complexity = "O(N²)"
 
     def __init__(
         self,

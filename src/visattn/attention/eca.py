@@ -70,6 +70,7 @@ class EfficientChannelAttention(AttentionModule):
 
     family = "channel"
     paper = "Wang et al. 2020, ECA-Net: Efficient Channel Attention for Deep CNNs"
+    complexity = "O(N)"
 
     def __init__(
         self,

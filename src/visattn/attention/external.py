@@ -48,6 +48,7 @@ class ExternalAttention(AttentionModule):
 
     family = "global"
     paper = "Guo et al. 2022, Beyond Self-attention: External Attention using Two Linear Layers"
+    complexity = "O(N)"
 
     def __init__(
         self, channels: int, *, memory_units: int = 64, heads: int = 1, residual: bool = True

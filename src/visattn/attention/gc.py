@@ -91,6 +91,7 @@ class GlobalContext(AttentionModule):
 
     family = "channel"
     paper = "Cao et al. 2019, GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class NonLocal2d(AttentionModule):
 
     family = "global"
     paper = "Wang et al. 2018, Non-local Neural Networks"
+    complexity = "O(N²)"
 
     def __init__(
         self,

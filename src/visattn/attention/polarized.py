@@ -59,6 +59,7 @@ class PolarizedSelfAttention(AttentionModule):
 
     family = "channel-spatial"
     paper = "Liu et al. 2021, Polarized Self-Attention: Towards High-quality Pixel-wise Regression"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ class SqueezeExcite(AttentionModule):
 
     family = "channel"
     paper = "Hu et al. 2018, Squeeze-and-Excitation Networks"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -65,6 +65,7 @@ class ShuffleAttention(AttentionModule):
 
     family = "channel-spatial"
     paper = "Zhang and Yang 2021, SA-Net: Shuffle Attention for Deep Convolutional Neural Networks"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ class SimAM(AttentionModule):
 
     family = "channel-spatial"
     paper = "Yang et al. 2021, SimAM: A Simple, Parameter-Free Attention Module for CNNs"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -77,6 +77,7 @@ class SelectiveKernel(AttentionModule):
 
     family = "channel"
     paper = "Li et al. 2019, Selective Kernel Networks"
+    complexity = "O(N)"
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class StyleRecalibration(AttentionModule):
 
     family = "channel"
     paper = "Lee et al. 2019, SRM: A Style-based Recalibration Module for CNNs"
+    complexity = "O(N)"
 
     def __init__(
         self,

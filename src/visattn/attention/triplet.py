@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_odd
 from ..registry import ATTENTION
 from .base import AttentionModule
-from .cbam import check_odd_kernel
 
 
 def zpool(x: Tensor, dim: int) -> Tensor:
@@ -74,6 +74,7 @@ class TripletAttention(AttentionModule):
 
     family = "channel-spatial"
     paper = "Misra et al. 2021, Rotate to Attend: Convolutional Triplet Attention Module"
+    complexity = "O(N)"
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class TripletAttention(AttentionModule):
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.kernel_size = check_odd_kernel("kernel_size", kernel_size)
+        self.kernel_size = check_odd("kernel_size", kernel_size)
         self.spatial = spatial
         self.cw = _PlaneGate(kernel_size, norm_layer, gate_layer)
         self.ch = _PlaneGate(kernel_size, norm_layer, gate_layer)
