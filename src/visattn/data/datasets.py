@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .cluttered import make_cluttered
+from .transforms import Augment, sample_seed
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -23,21 +24,38 @@ def channel_stats(images: np.ndarray) -> Stats:
 
 
 class ImageTensorDataset(Dataset):
-    """Images held in memory as uint8, normalised batch by batch.
+    """Images held in memory as uint8, augmented per sample and normalised batch by batch.
 
     Args:
         images: uint8 ``(N, C, H, W)``.
         labels: int64 ``(N,)``.
         stats: per-channel ``(mean, std)`` of the training split, in [0, 1] units.
         boxes: optional int64 ``(N, 4)`` object boxes ``(x0, y0, x1, y1)``, exclusive ends.
+        augment: optional training augmentation; sample i of epoch e is augmented with
+            randomness drawn from ``(seed, e, i)`` alone.
+        seed: the run seed for the augmentation.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, *, stats: Stats, boxes: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        stats: Stats,
+        boxes: Tensor | None = None,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"images must be uint8 (N, C, H, W) with N labels, got {images.shape}")
         self.images, self.labels, self.boxes, self.stats = images, labels, boxes, stats
+        self.augment, self.seed, self.epoch = augment, seed, 0
         self._mean = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (the training loop calls this)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,7 +70,15 @@ class ImageTensorDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         # DataLoader hands whole batches of indices here: one gather instead of B calls.
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.normalize(self.images[idx]), self.labels[idx]
+        images = self.images[idx]
+        if self.augment is not None and self.augment.pipeline is not None:
+            images = torch.stack(
+                [
+                    self.augment(img, sample_seed(self.seed, self.epoch, int(i)))
+                    for img, i in zip(images, idx, strict=True)
+                ]
+            )
+        return self.normalize(images), self.labels[idx]
 
 
 class ClutteredTrainSet(ImageTensorDataset):
@@ -64,7 +90,6 @@ class ClutteredTrainSet(ImageTensorDataset):
         self.digits, self.digit_labels, self.copies = digits, labels, copies
         images, canvas_labels = self._canvases(0)
         super().__init__(images, canvas_labels, stats=channel_stats(images.numpy()))
-        self.epoch = 0
 
     def _canvases(self, epoch: int) -> tuple[Tensor, Tensor]:
         made = make_cluttered(
@@ -76,7 +101,7 @@ class ClutteredTrainSet(ImageTensorDataset):
         """Switch to the canvases of ``epoch`` (the training loop calls this every epoch)."""
         if epoch != self.epoch:
             self.images, self.labels = self._canvases(epoch)
-            self.epoch = epoch
+        super().set_epoch(epoch)
 
 
 @dataclass(frozen=True)
@@ -84,18 +109,18 @@ class DataBundle:
     """Both splits of a data set and what a model trained on it must know."""
 
     name: str
-    train: ImageTensorDataset
-    test: ImageTensorDataset
+    train: Dataset
+    test: Dataset
     classes: list[str]
+    stats: Stats
+    in_channels: int
+    input_size: tuple[int, int]
+    bad_files: dict[str, str] = field(default_factory=dict)  # path -> reason, shared with the splits
 
-    @property
-    def stats(self) -> Stats:
-        return self.train.stats
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+    @classmethod
+    def in_memory(
+        cls, name: str, train: ImageTensorDataset, test: ImageTensorDataset, classes: list[str]
+    ) -> DataBundle:
+        """A bundle whose geometry and statistics are read off in-memory training images."""
+        _, c, h, w = train.images.shape
+        return cls(name, train, test, classes, train.stats, int(c), (int(h), int(w)))
