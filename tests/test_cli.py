@@ -176,19 +176,16 @@ def test_train_evaluate_predict_explain(tmp_path):
     assert result.exit_code == 0, result.output
     (run_dir,) = out.iterdir()
     names = {p.name for p in run_dir.iterdir()}
-    assert names == {
-        "config.yaml",
-        "metrics.csv",
-        "last.safetensors",
-        "last.state.pt",
-        "best.safetensors",
-        "attention.png",
-        "summary.json",
-    }
+    steps = sorted(n for n in names if n.startswith("step-"))
+    assert names - set(steps) == {
+        "config.yaml", "metrics.csv", "timing.csv", "last.safetensors", "last.state.pt", "best.safetensors",
+        "attention.png", "confusion.png", "summary.json",
+    }  # fmt: skip
+    assert len(steps) == 4  # the two most recent step checkpoints, weights and state each
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.85 and summary["pointing_game"] is None  # no boxes in plain MNIST
     rows = (run_dir / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,train_loss") and len(rows) == 4
+    assert rows[0].startswith("epoch,step,train_loss") and len(rows) == 4
 
     result = invoke("evaluate", "--checkpoint", run_dir)
     assert result.exit_code == 0, result.output

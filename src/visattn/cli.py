@@ -42,7 +42,9 @@ from .train import (
     resolve_config,
     resolve_device,
 )
+from .train.config import resume_config
 from .train.loop import LogReporter, train
+from .train.run_files import latest_run_dir
 
 log = logging.getLogger("visattn")
 console = Console()
@@ -125,14 +127,15 @@ class RichReporter:
         self.task = None
         self.steps = 0
 
-    def run_started(self, run_dir: Path, epochs: int, steps_per_epoch: int) -> None:
+    def run_started(self, run_dir: Path, epochs: int, steps_per_epoch: int, start: int) -> None:
         console.print(f"run folder [cyan]{escape(str(run_dir))}[/cyan]")
         self.steps = steps_per_epoch
         self.epochs = epochs
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=epochs * steps_per_epoch, epoch=f"1/{epochs}", loss=0.0, acc=0.0, rate=0.0
-        )
+            "train", total=epochs * steps_per_epoch, completed=start,
+            epoch=f"{start // steps_per_epoch + 1}/{epochs}", loss=0.0, acc=0.0, rate=0.0,
+        )  # fmt: skip
 
     def step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
         self.progress.update(
@@ -145,75 +148,104 @@ class RichReporter:
         )
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
-        pointing = metrics["pointing_game"]
+        m = {k: float(v) for k, v in metrics.items() if v != ""}
         self.progress.console.print(
-            f"epoch {metrics['epoch']:>3}  train loss {metrics['train_loss']:.4f}  "
-            f"acc {metrics['train_accuracy']:.2%}  |  test loss {metrics['test_loss']:.4f}  "
-            f"acc {metrics['test_accuracy']:.2%}"
-            + ("" if pointing == "" else f"  pointing {pointing:.1%}")
-            + f"  |  {metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_seconds']:.1f} s"
+            f"epoch {metrics['epoch']:>3}  train loss {m['train_loss']:.4f}  "
+            f"acc {m['train_accuracy']:.2%}  |  test loss {m['test_loss']:.4f}  acc {m['test_accuracy']:.2%}"
+            + ("" if "pointing_game" not in m else f"  pointing {m['pointing_game']:.1%}")
+            + f"  |  {m['train_images_per_s']:.0f} img/s, {m['epoch_seconds']:.1f} s"
         )
 
     def close(self) -> None:
         self.progress.stop()
 
 
+Opt = typer.Option
+
+
 @app.command("train")
 def train_command(
-    model: Annotated[str | None, typer.Option(help="Model name (see `visattn models`).")] = None,
-    attention: Annotated[
-        str | None, typer.Option(help="Attention name (see `visattn attention`) or 'none'.")
+    model: Annotated[str | None, Opt(help="Model name (see `visattn models`).")] = None,
+    attention: Annotated[str | None, Opt(help="Attention name (see `visattn attention`) or 'none'.")] = None,
+    dataset: Annotated[str | None, Opt(help=f"Data set: {', '.join(DATASETS.names())}.")] = None,
+    data_dir: Annotated[Path | None, Opt(help="Folder holding (or caching) the data.")] = None,
+    epochs: Annotated[int | None, Opt(help="Number of epochs.")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", "-b", help="Global batch per step.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    opt: Annotated[str | None, Opt(help="Optimizer: adamw or sgd (Nesterov momentum).")] = None,
+    momentum: Annotated[float | None, Opt(help="SGD momentum.")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Weight decay (not on biases and norms).")] = None,
+    sched: Annotated[str | None, Opt(help="Schedule: cosine or step, after a linear warm-up.")] = None,
+    warmup: Annotated[float | None, Opt(help="Fraction of the steps spent warming up.")] = None,
+    smoothing: Annotated[float | None, Opt(help="Label smoothing.")] = None,
+    clip_grad: Annotated[float | None, Opt(help="Clip the gradient norm to this value.")] = None,
+    grad_accum_steps: Annotated[int | None, Opt(help="Batches accumulated per optimizer step.")] = None,
+    model_ema_decay: Annotated[float | None, Opt(help="Keep an EMA of the weights with this decay.")] = None,
+    augment: Annotated[str | None, Opt(help="Augmentation: none, basic (crop+flip) or trivial.")] = None,
+    img_size: Annotated[int | None, Opt(help="Image folders: training image side.")] = None,
+    val_fraction: Annotated[float | None, Opt(help="Image folders without val/: held-out share.")] = None,
+    max_bad_fraction: Annotated[float | None, Opt(help="Image folders: unusable files allowed.")] = None,
+    amp: Annotated[str | None, Opt(help="Mixed precision: auto (bf16 on CUDA), none, bf16 or fp16.")] = None,
+    channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
+    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
+    deterministic: Annotated[bool | None, Opt("--deterministic/--no-deterministic")] = None,
+    sync_bn: Annotated[
+        bool | None, Opt("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help=f"Data set: {', '.join(DATASETS.names())}.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config; flags override its values.")] = None,
+    nan: Annotated[str | None, Opt(help="On a non-finite loss: stop or skip the step.")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Also checkpoint every N steps.")] = None,
+    keep: Annotated[int | None, Opt(help="Step checkpoints kept besides last and best.")] = None,
+    tensorboard: Annotated[bool | None, Opt("--tensorboard/--no-tensorboard")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    output: Annotated[Path | None, Opt(help="Parent folder of the run folders.")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu, cuda or mps.")] = None,
+    workers: Annotated[int | None, Opt("--workers", "-j", help="Data-loading worker processes.")] = None,
+    config: Annotated[Path | None, Opt(help="YAML config; flags override its values.")] = None,
+    resume: Annotated[
+        str | None, Opt(help="'last' (newest run under --output) or a run folder/checkpoint.")
+    ] = None,
 ) -> None:
     """Train a model (default: AttentionCNN with self-attention on Cluttered MNIST)."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "resume")}
     with user_errors():
-        cfg = resolve_config(
-            config,
-            model=model,
-            attention=attention,
-            dataset=dataset,
-            data_dir=data_dir,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            output=output,
-            device=device,
-            workers=workers,
-        )
+        if resume is None:
+            cfg, start = resolve_config(config, **flags), None
+        else:
+            if config is not None:
+                raise ValueError("--resume continues a run with its own config; drop --config")
+            start = latest_run_dir(output or Path("runs")) if resume == "last" else Path(resume)
+            if not start.exists():
+                raise FileNotFoundError(f"nothing to resume at {start}")
+            cfg = resume_config(start if start.is_dir() else start.parent, **flags)
         reporter = RichReporter() if console.is_terminal else LogReporter()
         try:
-            summary = train(cfg, reporter=reporter)
+            summary = train(cfg, reporter=reporter, resume=start)
         finally:
             if isinstance(reporter, RichReporter):
                 reporter.close()
-    table = Table(title="training summary", show_header=False)
+    if summary.get("rank", 0) != 0:  # under torchrun the first process reports for all
+        return
+    if "stopped" in summary:
+        console.print(f"stopped by {summary['stopped']}; checkpoint saved. Resume with: {summary['resume']}")
+        return
+    _print_summary(summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    top5 = "" if s["test_top5"] is None else f", top-5 {s['test_top5']:.2%}"
+    bad = f", {s['bad_files']} unusable files skipped" if s["bad_files"] else ""
+    best = f"best {s['best_test_accuracy']:.2%} at epoch {s['best_epoch']}"
+    rate = s["train_images_per_s"] or 0
     rows = [
-        (
-            "model",
-            f"{summary['model']} (attention {summary['attention']}), {summary['parameters']:,} parameters",
-        ),
-        ("data", summary["dataset"]),
-        (
-            "test accuracy",
-            f"{summary['test_accuracy']:.2%} "
-            f"(best {summary['best_test_accuracy']:.2%} at epoch {summary['best_epoch']})",
-        ),
-        ("pointing game", "n/a" if summary["pointing_game"] is None else f"{summary['pointing_game']:.1%}"),
-        ("throughput", f"{summary['train_images_per_s']:.0f} training images/s on {summary['device']}"),
-        ("wall time", f"{summary['wall_seconds']:.0f} s"),
-        ("run folder", summary["run_dir"]),
+        ("model", f"{s['model']} (attention {s['attention']}), {s['parameters']:,} parameters"),
+        ("data", f"{s['dataset']}{bad}"),
+        ("test accuracy", f"{s['test_accuracy']:.2%}{top5} ({best})"),
+        ("pointing game", "n/a" if s["pointing_game"] is None else f"{s['pointing_game']:.1%}"),
+        ("throughput", f"{rate:.0f} training images/s on {s['device']} x {s['processes']} process(es)"),
+        ("wall time", f"{s['wall_seconds']:.0f} s"),
+        ("run folder", s["run_dir"]),
     ]
+    table = Table(title="training summary", show_header=False)
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print(table)

@@ -1,6 +1,6 @@
 """Explanations: attention maps as per-pixel heat maps, localisation scores and figures."""
 
-from .figure import save_attention_grid, save_model_attention
+from .figure import save_attention_grid, save_confusion_matrix, save_model_attention
 from .heatmap import (
     map_to_heatmap,
     maps_heatmap,
@@ -17,6 +17,7 @@ __all__ = [
     "pointing_hits",
     "received_attention",
     "save_attention_grid",
+    "save_confusion_matrix",
     "save_model_attention",
     "spatial_map_names",
 ]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .._io import atomic_write
-from ..data import ImageTensorDataset
 from .heatmap import model_heatmap
 
 
@@ -86,7 +86,7 @@ def save_attention_grid(
 
 def save_model_attention(
     model: nn.Module,
-    dataset: ImageTensorDataset,
+    dataset: Dataset,
     classes: Sequence[str],
     path: Path,
     *,
@@ -105,9 +105,10 @@ def save_model_attention(
     model.eval()
     logits, heat, layer = model_heatmap(model, x.to(device), layer=layer)
     model.train(was_training)
+    mean, std = (torch.tensor(s, dtype=torch.float32).view(1, -1, 1, 1) for s in dataset.stats)
     save_attention_grid(
         path,
-        dataset.images[idx].float() / 255.0,
+        (x * std + mean).clamp(0, 1),
         heat,
         logits.float().softmax(dim=1),
         classes,
@@ -116,3 +117,34 @@ def save_model_attention(
         title=f"attention of {layer}",
     )
     return layer
+
+
+def save_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> None:
+    """Write a confusion-matrix PNG: rows are true classes, columns predictions, each row
+    normalised to sum to 1 (counts printed when the matrix is small)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=np.int64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    side = min(12.0, 2.0 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"confusion matrix ({counts.sum()} images, accuracy {accuracy:.1%})", fontsize=10)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)

@@ -33,11 +33,16 @@ def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write ``model``'s state_dict and its description ``meta`` (JSON-serialisable) to a
     safetensors file. Refuses non-finite weights, which no later run could use."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    check_finite(state, path)
+    header = {"format": FORMAT, "version": str(VERSION), "visattn": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise ``CheckpointError`` if any floating-point tensor of ``state`` holds NaN or inf."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
-    header = {"format": FORMAT, "version": str(VERSION), "visattn": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

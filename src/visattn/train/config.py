@@ -6,11 +6,12 @@ Every problem is reported at once, in one message, so a user fixes a config in o
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..attention import ATTENTION
 from ..data import DATASETS
@@ -27,21 +28,50 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
 
+    # what to train
     model: str = "attention_cnn"
     attention: str = Field("mhsa", description="registered attention name, or 'none'")
     attention_options: dict[str, Any] = Field(default_factory=dict)
     model_options: dict[str, Any] = Field(default_factory=dict)
+    # data
     dataset: str = "cluttered-mnist"
     data_dir: Path | None = None
+    augment: Literal["none", "basic", "trivial"] | None = None
+    img_size: int = Field(224, ge=1, description="image folders: side of the training images")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="image folders without val/: held-out share")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="image folders: unusable files allowed")
+    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    # optimisation
     epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch, split over the processes")
+    grad_accum_steps: int = Field(1, ge=1, description="batches per optimizer step")
+    opt: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.05, ge=0)
+    sched: Literal["cosine", "step"] = "cosine"
     warmup: float = Field(0.15, ge=0, lt=1, description="fraction of the steps spent warming up")
+    step_every: int = Field(3, ge=1, description="step schedule: epochs between decays")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+    smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    model_ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="EMA decay of the weights; evaluates the EMA"
+    )
+    # numerics and speed
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    deterministic: bool = False
+    sync_bn: bool = False
+    # run management
     seed: int = 0
     output: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: epochs)")
+    keep: int = Field(2, ge=0, description="step checkpoints kept besides last and best")
+    nan: Literal["stop", "skip"] = "stop"
+    tensorboard: bool = False
 
     @field_validator("model")
     @classmethod
@@ -65,6 +95,22 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{v} does not exist or is not a folder")
         return v
 
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, v: bool) -> bool:
+        if v and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("needs the tensorboard package (pip install tensorboard)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of "
+                f"grad_accum_steps ({self.grad_accum_steps})"
+            )
+        return self
+
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword options for ``create_model`` besides the class and channel counts."""
         kwargs = dict(self.model_options)
@@ -72,6 +118,13 @@ class TrainConfig(BaseModel):
         if self.attention_options:
             kwargs["attention_options"] = dict(self.attention_options)
         return kwargs
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """Keyword options for ``load_dataset``."""
+        return {
+            "data_dir": self.data_dir, "augment": self.augment, "image_size": self.img_size,
+            "val_fraction": self.val_fraction, "max_bad_fraction": self.max_bad_fraction, "seed": self.seed,
+        }  # fmt: skip
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -119,3 +172,26 @@ def _describe(error: Any) -> str:
         return f"unknown key {where!r}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message} (got {error.get('input')!r})"
+
+
+#: Settings that may differ when a run is resumed: they do not change what is computed.
+RESUME_FREE = ("device", "workers", "tensorboard", "output")
+
+
+def resume_config(run_dir: Path, **overrides: Any) -> TrainConfig:
+    """The configuration of the run in ``run_dir``, for ``--resume``. Overrides may only
+    change settings in ``RESUME_FREE``; any other flag that differs from the run's own
+    config is an error, since the continued run would no longer be the same run."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    original = resolve_config(saved)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    changed = resolve_config(saved, **given)
+    conflicts = [k for k in given if k not in RESUME_FREE and getattr(changed, k) != getattr(original, k)]
+    if conflicts:
+        raise ConfigError(
+            f"--resume continues {run_dir} with its own config; these flags differ from it: "
+            f"{', '.join(conflicts)} (start a new run to change them)"
+        )
+    return original.model_copy(update={k: getattr(changed, k) for k in RESUME_FREE})

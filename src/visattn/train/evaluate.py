@@ -1,5 +1,9 @@
-"""Evaluation: loss, accuracy, per-class accuracy, confusion matrix and -- where the data
-has object boxes and the model records spatial attention -- the pointing game."""
+"""Evaluation: loss, top-1 and top-5 accuracy, per-class accuracy, confusion matrix and --
+where the data has object boxes and the model records spatial attention -- the pointing game.
+
+Under torchrun each process evaluates every world-th image (no padding, so nothing is
+counted twice) and torchmetrics sums the counts across processes.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
+from torch.utils.data import Dataset
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from ..data import ImageTensorDataset
 from ..explain import model_heatmap, pointing_hits, spatial_map_names
 from ..maps import record_attention
 
@@ -20,28 +26,35 @@ class EvalResult:
 
     loss: float
     accuracy: float
+    top5: float | None  # None with fewer than 5 classes
     per_class: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     pointing: float | None = None  # fraction of pointing-game hits, when measurable
     count: int = 0
 
 
-def has_spatial_attention(model: nn.Module, dataset: ImageTensorDataset, device: torch.device) -> bool:
+def has_spatial_attention(model: nn.Module, dataset: Dataset, device: torch.device) -> bool:
     """Whether ``model`` records a map that can be turned into a heat map."""
     x, _ = dataset.__getitems__([0])
+    was_training = model.training
+    model.eval()
     with torch.no_grad(), record_attention(model) as maps:
         model(x.to(device))
+    model.train(was_training)
     return bool(spatial_map_names(maps))
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    dataset: ImageTensorDataset,
+    dataset: Dataset,
     *,
     num_classes: int,
     device: torch.device,
     batch_size: int = 250,
+    rank: int = 0,
+    world: int = 1,
+    channels_last: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on every image of ``dataset`` (in eval mode; the mode is restored).
 
@@ -51,33 +64,39 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    pointing = dataset.boxes is not None and has_spatial_attention(model, dataset, device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, hits = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
+    boxes = getattr(dataset, "boxes", None)
+    pointing = boxes is not None and has_spatial_attention(model, dataset, device)
+    loss = MeanMetric().to(device)
+    confusion = MulticlassConfusionMatrix(num_classes).to(device)
+    top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(device) if num_classes >= 5 else None
+    hits = SumMetric().to(device)
+    mine = list(range(rank, len(dataset), world))
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start : start + batch_size]
         x, y = dataset.__getitems__(idx)
         x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if pointing:
             logits, heat, _ = model_heatmap(model, x)
-            hits += int(pointing_hits(heat, dataset.boxes[idx]).sum())
+            hits.update(pointing_hits(heat, boxes[idx]).sum().float())
         else:
             logits = model(x)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        pred = logits.argmax(dim=1)
-        confusion += _confusion(y.cpu(), pred.cpu(), num_classes)
+        logits = logits.float()
+        loss.update(F.cross_entropy(logits, y, reduction="none"))
+        confusion.update(logits, y)
+        if top5 is not None:
+            top5.update(logits, y)
     model.train(was_training)
-    total = int(confusion.sum())
-    per_class = confusion.diag().float() / confusion.sum(dim=1).clamp_min(1).float()
+    matrix = confusion.compute().long().cpu()  # summed over processes by torchmetrics
+    total = int(matrix.sum())
+    per_class = matrix.diag().float() / matrix.sum(dim=1).clamp_min(1).float()
     return EvalResult(
-        loss=loss_sum / max(total, 1),
-        accuracy=float(confusion.diag().sum()) / max(total, 1),
+        loss=float(loss.compute()),
+        accuracy=float(matrix.diag().sum()) / max(total, 1),
+        top5=None if top5 is None else float(top5.compute()),
         per_class=[round(float(v), 6) for v in per_class],
-        confusion=confusion.tolist(),
-        pointing=hits / max(total, 1) if pointing else None,
+        confusion=matrix.tolist(),
+        pointing=float(hits.compute()) / max(total, 1) if pointing else None,
         count=total,
     )
-
-
-def _confusion(y: Tensor, pred: Tensor, num_classes: int) -> Tensor:
-    return torch.bincount(y * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
