@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -25,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from _report import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"wall_seconds": 180.0, "test_accuracy": 0.90, "pointing_game": 0.80}
@@ -55,21 +53,6 @@ def run(extra: list[str], seed: int, out: Path) -> dict:
     summary["wall_seconds_process"] = wall
     summary["command"] = " ".join(["visattn", "train", "--seed", str(seed), *extra])
     return summary
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}"
-    )
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from rich.table import Table
 from .catalog import catalog, catalog_markdown
 from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
-from .explain import save_model_attention
+from .explain import save_confusion_matrix, save_model_attention
 from .registry import MODELS
 from .train import (
     CheckpointError,
@@ -271,15 +271,22 @@ def evaluate_command(
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 250,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    confusion: Annotated[
+        Path | None, typer.Option(help="Also write the confusion matrix to this PNG.")
+    ] = None,
 ) -> None:
-    """Accuracy, per-class accuracy and the pointing game on a data set's test split."""
+    """Top-1, top-5 and per-class accuracy, and the pointing game, on a data set's test split."""
     with user_errors():
+        if confusion is not None and confusion.exists():
+            raise ValueError(f"{confusion} exists; choose another --confusion file")
         dev = resolve_device(device)
         model, meta = load_model(checkpoint, device=dev)
         bundle, name = _compatible_data(meta, dataset, data_dir)
         result = evaluate(
             model, bundle.test, num_classes=meta["num_classes"], device=dev, batch_size=batch_size
         )
+        if confusion is not None:
+            save_confusion_matrix(confusion, result.confusion, meta["classes"])
     table = Table(title=f"{escape(str(checkpoint))} on {name} (test, {result.count} images)")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
@@ -288,7 +295,8 @@ def evaluate_command(
     table.add_section()
     table.add_row("all", f"{result.accuracy:.2%}")
     console.print(table)
-    console.print(f"loss {result.loss:.4f}")
+    top5 = "" if result.top5 is None else f", top-5 accuracy {result.top5:.2%}"
+    console.print(f"loss {result.loss:.4f}{top5}")
     if result.pointing is not None:
         console.print(f"pointing game {result.pointing:.1%} (attention peak inside the object's box)")
 

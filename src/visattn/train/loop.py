@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
@@ -80,6 +82,9 @@ class Trainer(Checkpointing):
         if self.device.type == "cuda" and self.place.active:
             self.device = torch.device("cuda", self.place.local_rank)
         if cfg.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic; it must be set before CUDA
+            # starts, so a process-wide variable is the only way (PyTorch documents it).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=False)
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed)
@@ -143,9 +148,14 @@ class Trainer(Checkpointing):
         self.best = {"accuracy": -1.0, "epoch": 0}
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        """Mixed precision if enabled; with --deterministic on CUDA, also PyTorch's math
+        attention backend, since the fused kernels' backward passes accumulate atomically."""
+        stack = contextlib.ExitStack()
+        if self.amp is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.amp))
+        if self.config.deterministic and self.device.type == "cuda":
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return stack
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
