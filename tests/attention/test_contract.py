@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from visattn import AttentionCNN, record_attention
 from visattn.attention import ATTENTION, FAMILIES, AttentionModule
+from visattn.explain import maps_heatmap, spatial_map_names
 from visattn.maps import MAP_KINDS
 
 NAMES = ATTENTION.names()
@@ -123,6 +124,9 @@ def test_fused_path_equals_explicit_path_and_maps(name):
         assert len(maps) >= 1, f"{name} records no map"
         for key in maps:
             check_map(name, key, maps, x)
+        for key in spatial_map_names(maps):  # every map over positions can be drawn
+            heat = maps_heatmap(maps, key, (3 * hw[0], 3 * hw[1]))
+            assert heat.shape == (2, 3 * hw[0], 3 * hw[1]) and heat.min() >= 0 and heat.max() <= 1, key
 
 
 def check_map(name: str, key: str, maps, x: torch.Tensor) -> None:
