@@ -32,6 +32,7 @@ from .catalog import catalog, catalog_markdown
 from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
+from .export import ExportError, export_checkpoint, load_onnx_predictor
 from .registry import MODELS
 from .train import (
     CheckpointError,
@@ -67,6 +68,7 @@ USER_ERRORS = (
     FileNotFoundError,
     KeyError,
     ValueError,
+    ExportError,
 )
 
 
@@ -304,7 +306,10 @@ def evaluate_command(
 @app.command("predict")
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="A .safetensors checkpoint, a run folder, or an ONNX file from `visattn export`."),
+    ],
     top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 3,
     convert: Annotated[
         bool, typer.Option(help="Convert images to the model's channel count instead of refusing them.")
@@ -315,11 +320,15 @@ def predict_command(
 ) -> None:
     """Top-k classes with probabilities for each image."""
     with user_errors():
-        dev = resolve_device(device)
-        model, meta = load_model(checkpoint, device=dev)
+        if checkpoint.suffix.lower() == ".onnx":
+            forward, meta = load_onnx_predictor(checkpoint)
+        else:
+            dev = resolve_device(device)
+            model, meta = load_model(checkpoint, device=dev)
+            forward = lambda x: model(x.to(dev)).cpu()  # noqa: E731
         batch = [_model_input(p, meta, convert=convert, resize=resize) for p in images]
         with torch.no_grad():
-            probs = [model(x[None].to(dev)).float().softmax(dim=1)[0].cpu() for x in batch]
+            probs = [forward(x[None]).float().softmax(dim=1)[0] for x in batch]
     k = min(top_k, meta["num_classes"])
     ranked = [p.topk(k) for p in probs]
     if as_json:
@@ -399,6 +408,31 @@ def _files_as_dataset(images: list[Path], meta: dict[str, Any]) -> ImageTensorDa
     raw = torch.stack([load_image(p, channels=meta["in_channels"], size=size, convert=True) for p in images])
     return ImageTensorDataset(
         raw, torch.full((len(images),), -1), stats=(tuple(meta["mean"]), tuple(meta["std"]))
+    )
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or exported-program.")] = "onnx",
+    output: Annotated[
+        Path | None, typer.Option(help="File to write (default: next to the checkpoint).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Largest accepted difference from PyTorch.")] = 1e-4,
+) -> None:
+    """Export a checkpoint's model (dynamic batch), check the file and compare it with PyTorch."""
+    with user_errors():
+        try:
+            report = export_checkpoint(
+                checkpoint, fmt=format, output=output, force=force, tolerance=tolerance
+            )
+        except ExportError as err:  # the export itself is wrong: not a usage mistake
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
+            raise typer.Exit(1) from None
+    console.print(
+        f"wrote [cyan]{escape(str(report.path))}[/cyan] ({report.format}, dynamic batch); outputs match "
+        f"PyTorch at batch sizes {', '.join(map(str, report.batches))} within {report.max_abs_diff:.2g}"
     )
 
 
