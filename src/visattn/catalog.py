@@ -1,8 +1,10 @@
-"""What each registered attention mechanism costs: parameters, FLOPs and how FLOPs grow with
-the number of positions. Feeds ``visattn attention`` and docs/attention.md."""
+"""What each registered attention mechanism and model costs: parameters, FLOPs and how FLOPs
+grow with the number of positions. Feeds ``visattn attention``, ``visattn models``,
+docs/attention.md and docs/models.md."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ import torch
 
 from .attention import ATTENTION
 from .flops import count_flops
+from .registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -93,4 +96,86 @@ def catalog_markdown(*, channels: int = 256, size: int = 56) -> str:
             r.paper,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# Published figures (ImageNet, 224 px, 1000 classes) to print beside ours: (model, attention)
+# -> (parameters in millions, GMACs, source).
+PUBLISHED = {
+    ("resnet50", "none"): (25.56, 3.858, "Woo et al. 2018 (CBAM), Table 4"),
+    ("resnet50", "se"): (28.09, 3.860, "Woo et al. 2018 (CBAM), Table 4"),
+    ("resnet50", "cbam"): (28.09, 3.864, "Woo et al. 2018 (CBAM), Table 4"),
+    ("resnet50", "eca"): (25.56, 3.86, "Wang et al. 2020 (ECA-Net): +80 parameters, +4.7e-4 GFLOPs"),
+}
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    name: str
+    attention: str
+    parameters: int
+    gmacs: float  # counted FLOPs / 2, at batch 1
+
+
+def model_cost(
+    name: str, *, attention: str | None = None, size: int = 224, num_classes: int = 1000
+) -> ModelCost:
+    """Parameters and multiply-adds (attention matmuls included) of a registered model,
+    with its default attention or the given one (``"none"`` for none)."""
+    builder = MODELS.get(name)
+    options = {} if attention is None else {"attention": None if attention == "none" else attention}
+    with torch.device("meta"):
+        model = builder(num_classes=num_classes, in_channels=3, **options).eval()
+        x = torch.zeros(1, 3, size, size)
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model, x)
+    used = attention or _default_attention(builder)
+    return ModelCost(name, used, params, flops / 2e9)
+
+
+def _default_attention(builder: object) -> str:
+    try:
+        default = inspect.signature(builder).parameters["attention"].default
+    except (KeyError, TypeError, ValueError):
+        return "built in"
+    if default is None:
+        return "none"
+    return default if isinstance(default, str) else "built in"
+
+
+def models_markdown(*, size: int = 224) -> str:
+    """docs/models.md: every registered model with its default attention, and the published
+    ResNet-50 variants beside ours."""
+    lines = [
+        "# Models",
+        "",
+        "Generated from the registry by `visattn models --markdown > docs/models.md`; a test",
+        "checks that this page lists exactly the registered models.",
+        "",
+        f"Parameters at 1000 classes and 3 input channels; multiply-adds (GMACs) of one {size} x {size}",
+        "image, counted by `torch.utils.flop_counter` (matrix products and convolutions, attention",
+        "matmuls included even where the fused kernel runs) and halved, the unit papers report.",
+        "",
+        "| model | attention | parameters (M) | GMACs |",
+        "|---|---|---:|---:|",
+    ]
+    for name in MODELS.names():
+        cost = model_cost(name, size=size)
+        lines.append(f"| `{name}` | {cost.attention} | {cost.parameters / 1e6:.2f} | {cost.gmacs:.3f} |")
+    lines += [
+        "",
+        "## Against published figures",
+        "",
+        "| model | attention | parameters (M) | published (M) | difference | GMACs | published | source |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for (name, attention), (params, gmacs, source) in PUBLISHED.items():
+        if name not in MODELS:
+            continue
+        cost = model_cost(name, attention=attention, size=224)
+        diff = (cost.parameters / 1e6 - params) / params
+        lines.append(
+            f"| `{name}` | {attention} | {cost.parameters / 1e6:.3f} | {params:.2f} | {diff:+.2%} | "
+            f"{cost.gmacs:.3f} | {gmacs:.3f} | {source} |"
+        )
     return "\n".join(lines) + "\n"

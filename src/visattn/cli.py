@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .catalog import catalog, catalog_markdown
+from .catalog import catalog, catalog_markdown, model_cost, models_markdown
 from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
@@ -438,18 +438,25 @@ def export_command(
 
 @app.command("models")
 def models_command(
-    num_classes: Annotated[int, typer.Option(min=1, help="Classes for the parameter count.")] = 10,
-    in_channels: Annotated[int, typer.Option(min=1, help="Input channels for the parameter count.")] = 3,
+    size: Annotated[int, typer.Option(min=1, help="Input side for the multiply-add count.")] = 224,
+    num_classes: Annotated[int, typer.Option(min=1, help="Classes for the parameter count.")] = 1000,
+    attention: Annotated[
+        str | None, typer.Option(help="Attention for every model (default: each model's).")
+    ] = None,
+    markdown: Annotated[bool, typer.Option(help="Print the Markdown page docs/models.md.")] = False,
 ) -> None:
-    """The registered models."""
-    table = Table(title="models")
-    for col in ("name", "parameters", "description"):
-        table.add_column(col, justify="right" if col == "parameters" else "left")
-    for name in MODELS.names():
-        builder = MODELS.get(name)
-        model = builder(num_classes=num_classes, in_channels=in_channels)
-        doc = (builder.__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, f"{sum(p.numel() for p in model.parameters()):,}", escape(doc))
+    """The registered models: attention, parameters and multiply-adds at a chosen input size."""
+    if markdown:
+        print(models_markdown(size=size), end="")
+        return
+    table = Table(title=f"models ({num_classes} classes, GMACs of one {size}x{size} image)")
+    for col in ("name", "attention", "parameters", "GMACs", "description"):
+        table.add_column(col, justify="right" if col in ("parameters", "GMACs") else "left")
+    with user_errors():
+        for name in MODELS.names():
+            cost = model_cost(name, attention=attention, size=size, num_classes=num_classes)
+            doc = (MODELS.get(name).__doc__ or "").strip().splitlines()[0]
+            table.add_row(name, cost.attention, f"{cost.parameters:,}", f"{cost.gmacs:.3f}", escape(doc))
     console.print(table)
 
 
