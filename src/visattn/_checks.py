@@ -37,3 +37,11 @@ def check_odd(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
     return value
+
+
+def check_heads(channels: int, heads: Any) -> int:
+    """``heads`` must be an integer >= 1 that divides ``channels``."""
+    check_int("heads", heads)
+    if channels % heads:
+        raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+    return heads

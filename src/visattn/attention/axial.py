@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_heads, check_int
 from ..functional import attention, relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
@@ -112,9 +112,7 @@ class AxialAttention2d(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.pos = check_choice("pos", pos, ("relative", "none"))
         self.max_distance = check_int("max_distance", max_distance, minimum=0)
         self.residual = residual

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_heads, check_int
 from ..functional import attention, relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
@@ -73,9 +73,7 @@ class BottleneckSelfAttention(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.head_dim = channels // heads
         self.max_distance = check_int("max_distance", max_distance, minimum=0)
         self.scale_pos = scale_pos

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_heads, check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -55,9 +55,7 @@ class ExternalAttention(AttentionModule):
     ) -> None:
         super().__init__(channels)
         self.memory_units = check_int("memory_units", memory_units)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.residual = residual
         width = channels // heads
         self.query = nn.Linear(channels, channels) if heads > 1 else nn.Identity()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_int
+from .._checks import check_float, check_heads, check_int
 from ..functional import attention, grid_index, halo_index, inverse_index, window_partition, window_reverse
 from ..registry import ATTENTION
 from .base import AttentionModule
@@ -82,9 +82,7 @@ class HaloAttention(AttentionModule):
         super().__init__(channels)
         self.block_size = check_int("block_size", block_size)
         self.halo_size = check_int("halo_size", halo_size, minimum=0)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.head_dim = check_int("head_dim", channels // heads if head_dim is None else head_dim)
         self.scale = self.head_dim**-0.5
         self.scale_pos_logits = scale_pos_logits

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_heads, check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -81,9 +81,7 @@ class LambdaLayer(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.key_dim = check_int("key_dim", key_dim)
         if check_int("r", r) % 2 == 0:
             raise ValueError(f"r must be an odd integer >= 1, got {r}")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_int
+from .._checks import check_float, check_heads
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -95,9 +95,7 @@ class LinearAttention(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.head_dim = channels // heads
         self.eps = check_float("eps", eps, low=0.0, high=1.0)
         self.residual = residual

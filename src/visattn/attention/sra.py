@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float, check_int
+from .._checks import check_choice, check_float, check_heads, check_int
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
@@ -102,9 +102,7 @@ class SpatialReductionAttention(AttentionModule):
         act_layer: Callable[[], nn.Module] = nn.GELU,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.head_dim = channels // heads
         self.sr_ratio = check_int("sr_ratio", sr_ratio)
         self.reduction = check_choice("reduction", reduction, ("conv", "pool"))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_int
+from .._checks import check_float, check_heads
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
@@ -68,9 +68,7 @@ class CrossCovarianceAttention(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if channels % heads:
-            raise ValueError(f"heads must divide channels ({channels}), got {heads}")
+        self.heads = check_heads(channels, heads)
         self.head_dim = channels // heads
         self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
         self.residual = residual
