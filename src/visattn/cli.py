@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .attention import ATTENTION
 from .catalog import catalog, catalog_markdown, model_cost, models_markdown
 from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
@@ -483,6 +484,41 @@ def attention_command(
             escape(row.paper),
         )
     console.print(table)
+
+
+@app.command("bench")
+def bench_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Mechanisms to measure (default: all).")] = None,
+    sizes: Annotated[str, typer.Option(help="Comma-separated sides of the square feature maps.")] = "8,16,32",
+    channels: Annotated[int, typer.Option(min=1, help="Channels C.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 8,
+    repeats: Annotated[int, typer.Option(min=1, help="Recorded rounds (the median is reported).")] = 10,
+    backward: Annotated[bool, typer.Option(help="Also time forward + backward.")] = True,
+    baselines: Annotated[bool, typer.Option(help="Interleave naive and timm baselines.")] = True,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Time, peak memory, FLOPs and matmul-rate share of attention mechanisms, beside naive and
+    timm baselines measured in the same run (benchmarks/attention_suite.py writes the docs)."""
+    from .bench import markdown, matmul_rate, run_attention_suite, write_csv
+
+    with user_errors():
+        side = [int(v) for v in sizes.split(",") if v.strip()]
+        if not side or min(side) < 1:
+            raise ValueError(f"--sizes must be positive integers separated by commas, got {sizes!r}")
+        for name in names or []:
+            ATTENTION.get(name)
+        rate = matmul_rate(1024, device=device)
+        rows = run_attention_suite(
+            names, side, channels=channels, batch=batch, backward=backward, repeats=repeats,
+            baselines=baselines, device=device, matmul_gflops=rate,
+        )  # fmt: skip
+        if csv_path is not None:
+            write_csv(rows, csv_path)
+    console.print(f"fp32 matmul rate: {rate:.1f} GFLOP/s")
+    print(markdown(rows))  # a Markdown table: printed as is, never wrapped
 
 
 def run() -> None:
