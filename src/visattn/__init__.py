@@ -22,7 +22,7 @@ from .attention import (
 # ``from visattn.attention import ...``, which resolves the package.
 from .functional import attention
 from .maps import AttentionMaps, record_attention
-from .models import AttentionCNN, create_model, list_models
+from .models import AttentionCNN, create_model, insert_attention, list_models
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "attention",
     "create_attention",
     "create_model",
+    "insert_attention",
     "list_attention",
     "list_models",
     "record_attention",

@@ -8,8 +8,19 @@ from torch import nn
 
 from ..registry import MODELS
 from .attention_cnn import AttentionCNN
+from .resnet import ResNet, load_torchvision
+from .surgery import InsertionReport, insert_attention
 
-__all__ = ["MODELS", "AttentionCNN", "create_model", "list_models"]
+__all__ = [
+    "MODELS",
+    "AttentionCNN",
+    "InsertionReport",
+    "ResNet",
+    "create_model",
+    "insert_attention",
+    "list_models",
+    "load_torchvision",
+]
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
