@@ -286,7 +286,7 @@ def test_load_torchvision_reports_exactly_the_attention_keys_as_new():
 def test_load_torchvision_refuses_another_architecture():
     model = R.resnet18(attention="eca")
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"does not fit resnet18.*unexpected \(\d+\): .*mis-shaped") as err:
+    with pytest.raises(ValueError, match=r"does not fit resnet18.*unexpected \(\d+\): .*wrong shape") as err:
         R.load_torchvision(model, torchvision.models.resnet50().state_dict())
     assert "layer1.0.conv3.weight" in str(err.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "half loaded"
@@ -299,7 +299,7 @@ def test_load_torchvision_refuses_another_architecture():
 def test_load_torchvision_head_of_another_class_count():
     source = torchvision.models.resnet18().state_dict()
     model = R.resnet18(10)
-    with pytest.raises(ValueError, match=r"mis-shaped \(2\): fc.weight \(1000, 512\) vs \(10, 512\)"):
+    with pytest.raises(ValueError, match=r"wrong shape \(2\): fc.weight \(1000, 512\) \(needs \(10, 512\)\)"):
         R.load_torchvision(model, source)
     fc = model.fc.weight.clone()
     report = R.load_torchvision(model, source, skip_head=True)

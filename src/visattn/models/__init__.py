@@ -7,9 +7,11 @@ from typing import Any
 from torch import nn
 
 from ..registry import MODELS
+from . import botnet, swin, vit  # noqa: F401  (importing registers their models)
 from .attention_cnn import AttentionCNN
 from .resnet import ResNet, load_torchvision
 from .surgery import InsertionReport, insert_attention
+from .weights import load_timm_vit, load_torchvision_vit
 
 __all__ = [
     "MODELS",
@@ -19,7 +21,9 @@ __all__ = [
     "create_model",
     "insert_attention",
     "list_models",
+    "load_timm_vit",
     "load_torchvision",
+    "load_torchvision_vit",
 ]
 
 

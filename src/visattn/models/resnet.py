@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..attention import AttentionSpec, create_attention
 from ..registry import MODELS
+from .weights import mismatch_report
 
 AttentionFactory = Callable[[int], nn.Module]
 
@@ -335,18 +336,7 @@ def load_torchvision(
     new = tuple(k for k in own if k.startswith(fresh))
     wanted = [k for k in own if not k.startswith(fresh)]
     source = {k: v for k, v in state_dict.items() if not (skip_head and k.startswith("fc."))}
-    missing = [k for k in wanted if k not in source]
-    unexpected = [k for k in source if k not in own or k.startswith(fresh)]
-    shapes = [
-        f"{k} {tuple(source[k].shape)} vs {tuple(own[k].shape)}"
-        for k in wanted
-        if k in source and source[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
-        if keys
-    ]
+    problems = mismatch_report({k: own[k] for k in wanted}, source)
     if problems:
         raise ValueError(
             f"state_dict does not fit {model.name} (num_classes={model.num_classes}, "

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._io import atomic_write
 from ..models import create_model
+from ..models.weights import mismatch_report
 
 FORMAT = "visattn.checkpoint"
 VERSION = 1
@@ -141,19 +142,7 @@ def check_state_dict(
 ) -> None:
     """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys, so that a
     state_dict for another architecture is never half-loaded."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-        if keys
-    ]
+    problems = mismatch_report(model.state_dict(), state)
     if problems:
         raise CheckpointError(
             f"{source} does not hold weights of model {model_name!r} as described: " + "; ".join(problems)
