@@ -9,7 +9,7 @@ import torch
 
 from visattn import create_attention
 from visattn.attention import ATTENTION
-from visattn.catalog import catalog_markdown, mechanism_cost
+from visattn.catalog import PUBLISHED, catalog_markdown, mechanism_cost, model_cost, models_markdown
 from visattn.flops import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_attention_page_is_generated_from_the_registry():
     page = (ROOT / "docs" / "attention.md").read_text()
     assert page == catalog_markdown(), "regenerate with: visattn attention --markdown > docs/attention.md"
+
+
+def test_models_page_is_generated_from_the_registry():
+    page = (ROOT / "docs" / "models.md").read_text()
+    assert page == models_markdown(), "regenerate with: visattn models --markdown > docs/models.md"
+
+
+def test_published_resnet50_parameter_counts_within_half_a_percent():
+    for (name, attention), (params, _, _) in PUBLISHED.items():
+        if name != "resnet50":  # the transformer figures are rounded to whole millions
+            continue
+        cost = model_cost(name, attention=attention)
+        assert abs(cost.parameters / 1e6 - params) / params < 0.005, (name, attention, cost.parameters)
 
 
 def test_catalogue_counts_attention_matmuls():

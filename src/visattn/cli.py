@@ -454,10 +454,16 @@ def models_command(
     for col in ("name", "attention", "parameters", "GMACs", "description"):
         table.add_column(col, justify="right" if col in ("parameters", "GMACs") else "left")
     with user_errors():
-        for name in MODELS.names():
+        if attention is not None and attention != "none":
+            ATTENTION.get(attention)
+    for name in MODELS.names():
+        doc = escape((MODELS.get(name).__doc__ or "").strip().splitlines()[0])
+        try:
             cost = model_cost(name, attention=attention, size=size, num_classes=num_classes)
-            doc = (MODELS.get(name).__doc__ or "").strip().splitlines()[0]
-            table.add_row(name, cost.attention, f"{cost.parameters:,}", f"{cost.gmacs:.3f}", escape(doc))
+        except (TypeError, ValueError) as err:  # this model cannot take that attention
+            table.add_row(name, str(attention), "-", "-", escape(f"not with this attention: {err}"))
+            continue
+        table.add_row(name, cost.attention, f"{cost.parameters:,}", f"{cost.gmacs:.3f}", doc)
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -19,6 +20,7 @@ __all__ = [
     "InsertionReport",
     "ResNet",
     "create_model",
+    "default_attention",
     "insert_attention",
     "list_models",
     "load_timm_vit",
@@ -42,6 +44,18 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
         >>> create_model("attention_cnn", num_classes=10, in_channels=1, attention="mhsa")
     """
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def default_attention(name: str) -> str:
+    """The attention a registered model uses when none is asked for: a mechanism name,
+    ``"none"``, or ``"built in"`` for models whose builder takes no ``attention`` option."""
+    try:
+        default = inspect.signature(MODELS.get(name)).parameters["attention"].default
+    except (KeyError, TypeError, ValueError):
+        return "built in"
+    if default is None:
+        return "none"
+    return default if isinstance(default, str) else "built in"
 
 
 def list_models() -> list[str]:

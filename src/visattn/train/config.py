@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
 
     # what to train
     model: str = "attention_cnn"
-    attention: str = Field("mhsa", description="registered attention name, or 'none'")
+    attention: str | None = Field(None, description="attention name, 'none', or unset: the model's own")
     attention_options: dict[str, Any] = Field(default_factory=dict)
     model_options: dict[str, Any] = Field(default_factory=dict)
     # data
@@ -80,8 +80,8 @@ class TrainConfig(BaseModel):
 
     @field_validator("attention")
     @classmethod
-    def _known_attention(cls, v: str) -> str:
-        return _registered([*ATTENTION.names(), "none"], v, "attention")
+    def _known_attention(cls, v: str | None) -> str | None:
+        return v if v is None else _registered([*ATTENTION.names(), "none"], v, "attention")
 
     @field_validator("dataset")
     @classmethod
@@ -114,7 +114,8 @@ class TrainConfig(BaseModel):
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword options for ``create_model`` besides the class and channel counts."""
         kwargs = dict(self.model_options)
-        kwargs["attention"] = None if self.attention == "none" else self.attention
+        if self.attention is not None:  # unset: the model's own attention
+            kwargs["attention"] = None if self.attention == "none" else self.attention
         if self.attention_options:
             kwargs["attention_options"] = dict(self.attention_options)
         return kwargs

@@ -31,7 +31,7 @@ from torchmetrics import MeanMetric
 from .._io import atomic_write_text
 from ..data import DataBundle, load_dataset
 from ..explain import save_confusion_matrix, save_model_attention
-from ..models import create_model
+from ..models import create_model, default_attention
 from . import distributed as D
 from .checkpoint import CheckpointError, save_weights
 from .config import TrainConfig
@@ -368,8 +368,9 @@ class Trainer(Checkpointing):
 
     def _finish(self, result: EvalResult, started: float) -> dict[str, Any]:
         model = self.ema.module if self.ema is not None else self.model
+        attention = self.config.attention or default_attention(self.config.model)
         summary = {
-            "run_dir": str(self.run_dir), "model": self.config.model, "attention": self.config.attention,
+            "run_dir": str(self.run_dir), "model": self.config.model, "attention": attention,
             "dataset": self.config.dataset, "parameters": sum(p.numel() for p in model.parameters()),
             "epochs": self.config.epochs, "steps": self.step_count, "test_accuracy": result.accuracy,
             "test_top5": result.top5, "test_loss": result.loss, "pointing_game": result.pointing,
