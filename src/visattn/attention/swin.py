@@ -22,14 +22,57 @@ map sides that are and are not multiples of the window, ``mask_padding=False``) 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
-from ..functional import attention, inverse_index, relative_position_index, window_partition, window_reverse
+from ..functional import attention, inverse_index
 from ..registry import ATTENTION
 from .base import AttentionModule
+
+
+def window_layout(
+    H: int, W: int, ws: int, shift: tuple[int, int], *, mask_padding: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, bool]:
+    """The constant index data of shifted windows over an ``H x W`` map (fields of
+    ``_Layout``): pad at the bottom and right to multiples of ``ws``, roll by ``-shift``,
+    split into ``ws x ws`` windows."""
+    Hp, Wp, K = -(-H // ws) * ws, -(-W // ws) * ws, ws * ws
+    pos = np.full((Hp, Wp), -1, dtype=np.int64)
+    pos[:H, :W] = np.arange(H * W).reshape(H, W)
+    pos = np.roll(pos, (-shift[0], -shift[1]), axis=(0, 1))
+    # In the rolled frame, the last ``shift`` rows and columns came round from the other
+    # border: they form separate regions that may not attend to each other.
+    region = 2 * (np.arange(Hp) >= Hp - shift[0])[:, None] + (np.arange(Wp) >= Wp - shift[1])[None, :]
+
+    def windows(a: np.ndarray) -> np.ndarray:  # (Hp, Wp) -> (nWin, K)
+        return a.reshape(Hp // ws, ws, Wp // ws, ws).transpose(0, 2, 1, 3).reshape(-1, K)
+
+    src, region = windows(pos), windows(region)
+    allowed = region[:, :, None] == region[:, None, :]  # (nWin, K, K)
+    real = src >= 0
+    if mask_padding:  # padded queries keep their keys so that no row is empty
+        allowed &= real[:, None, :] | ~real[:, :, None]
+    slot = np.empty(H * W, dtype=np.int64)
+    slot[src[real]] = np.flatnonzero(real)
+    coords = np.stack(np.divmod(np.arange(K), ws), axis=1)  # (K, 2): row, column in the window
+    rel = coords[:, None, :] - coords[None, :, :] + ws - 1  # (K, K, 2)
+    bias_index = (rel[..., 0] * (2 * ws - 1) + rel[..., 1]).reshape(-1)  # (K*K,)
+    blocked = None if allowed.all() else ~allowed[:, None]  # (nWin, 1, K, K)
+    return src, np.where(real, src, H * W).reshape(-1), slot, blocked, bias_index, not real.all()
+
+
+class _Layout(NamedTuple):
+    src: Tensor  # (nWin, K): flat source position of every window slot, -1 for padding
+    gather: Tensor  # (nWin*K,): the same, padding pointing at an extra all-zero token
+    slot: Tensor  # (N,): the window slot holding each position
+    blocked: Tensor | None  # (nWin, 1, K, K): pairs that may not attend; None if all may
+    bias_index: Tensor  # (K*K,): row of the relative-position table for every pair
+    padded: bool  # whether any slot reads padding
 
 
 @ATTENTION.register("swin")
@@ -103,64 +146,79 @@ class ShiftedWindowAttention(AttentionModule):
         # One learned bias per head and relative offset (dy, dx) in [-(ws-1), ws-1]^2.
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.scale = self.head_dim**-0.5
+        self._layouts: dict[tuple[int, int, tuple[int, int]], tuple] = {}
 
-    def _layout(self, H: int, W: int, shift: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Source positions ``(nWin, K)`` of every window slot (-1 for padding) and which
-        query-key pairs may attend, ``(nWin, K, K)``."""
-        ws = self.window_size
-        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-        pos = torch.arange(H * W, device=device).view(1, H, W, 1)  # (1, H, W, 1)
-        pos = F.pad(pos, (0, 0, 0, Wp - W, 0, Hp - H), value=-1)  # (1, Hp, Wp, 1)
-        # Slots that the cyclic shift brought round from the other border form separate regions.
-        wrap_h = (torch.arange(Hp, device=device) >= Hp - shift[0]).long()  # (Hp,), none when no shift
-        wrap_w = (torch.arange(Wp, device=device) >= Wp - shift[1]).long()  # (Wp,)
-        region = (2 * wrap_h[:, None] + wrap_w[None, :]).view(1, Hp, Wp, 1)  # (1, Hp, Wp, 1)
-        if shift[0] or shift[1]:
-            pos = pos.roll((-shift[0], -shift[1]), dims=(1, 2))
-        src = window_partition(pos, (ws, ws)).view(-1, ws * ws)  # (nWin, K)
-        region = window_partition(region, (ws, ws)).view(-1, ws * ws)  # (nWin, K)
-        allowed = region[:, :, None] == region[:, None, :]  # (nWin, K, K)
-        if self.mask_padding:
-            real = src >= 0
-            # Padded queries keep their keys so that no row is empty; their output is dropped.
-            allowed = allowed & (real[:, None, :] | ~real[:, :, None])
-        return src, allowed
+    def _layout(self, H: int, W: int, shift: tuple[int, int], device: torch.device) -> _Layout:
+        """Where every window slot reads from and which query-key pairs may attend, for one
+        map size. Built with numpy and cached per size: it is constant data, so tracing
+        (torch.export, ONNX) sees constants instead of recording how they were computed."""
+        key = (H, W, shift)
+        if key not in self._layouts:
+            if len(self._layouts) > 32:  # a model meets a handful of sizes; do not grow for ever
+                self._layouts.clear()
+            self._layouts[key] = window_layout(H, W, self.window_size, shift, mask_padding=self.mask_padding)
+        arrays = self._layouts[key]
+        *tensors, padded = arrays
+        return _Layout(
+            *(None if a is None else torch.from_numpy(a).to(device) for a in tensors), bool(padded)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        H, W = x.shape[-2:]
+        B, C, H, W = x.shape
         ws, heads, d = self.window_size, self.heads, self.head_dim
+        K = ws * ws
         Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
         # torchvision's rule: no shift along an axis that a single window covers.
         shift = (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
-        tokens = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, C)
-        if shift[0] or shift[1]:
-            tokens = tokens.roll((-shift[0], -shift[1]), dims=(1, 2))
-        windows = window_partition(tokens, (ws, ws))  # (B, nWin, K, C)
-        n_win, K = windows.shape[1], ws * ws
-        qkv = self.qkv(windows).view(-1, n_win, K, 3, heads, d)  # (B, nWin, K, 3, heads, d)
-        # Windows and heads share one axis so that the per-window mask broadcasts over the batch
-        # and the operands stay 4-D for the fused kernel.
-        qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, n_win * heads, K, d)  # (3, B, nWin*heads, K, d)
+        layout = self._layout(H, W, shift, x.device)
+        n_win = layout.src.shape[0]
+        # Project the real positions only, then gather them into (shifted, padded) windows:
+        # one gather replaces pad + roll + partition, and padding costs no projection.
+        # index_select, not x[:, index]: its backward is an index_add, several times faster.
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        if layout.padded:  # one all-zero token for the padding slots to read
+            tokens = torch.cat([tokens, tokens.new_zeros(B, 1, C)], dim=1)  # (B, N + 1, C)
+        qkv = self.qkv(tokens).index_select(1, layout.gather)  # (B, nWin*K, 3*inner)
+        qkv = qkv.view(B * n_win, K, 3, heads, d).permute(2, 0, 3, 1, 4)  # (3, B*nWin, heads, K, d)
         q, k, v = qkv.unbind(0)
-        src, allowed = self._layout(H, W, shift, x.device)
-        table = self.relative_position_bias_table  # ((2 ws - 1)^2, heads)
-        bias = table[relative_position_index(ws, ws, device=x.device)].permute(2, 0, 1)  # (heads, K, K)
-        mask = bias.unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float("-inf"))  # (nWin, heads, K, K)
-        p = self.attn_drop if self.training else 0.0
-        out, weights = attention(  # (B, nWin*heads, K, d)
-            q, k, v, mask=mask.reshape(n_win * heads, K, K), dropout_p=p, need_weights=self.recording
-        )
-        if weights is not None:
-            self._keep_window_map(weights, src, (H, W))
-        out = out.view(-1, n_win, heads, K, d).transpose(2, 3)  # (B, nWin, K, heads, d)
-        out = out.reshape(-1, n_win, K, heads * d)  # (B, nWin, K, inner)
-        out = window_reverse(out, (ws, ws), Hp, Wp)  # (B, Hp, Wp, inner)
-        if shift[0] or shift[1]:
-            out = out.roll(shift, dims=(1, 2))
-        out = self.proj_drop(self.proj(out[:, :H, :W]))  # (B, H, W, C)
-        out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+        bias = self.relative_position_bias_table[layout.bias_index].view(K, K, heads).permute(2, 0, 1)
+        table_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
+        if self.recording or table_needs_grad:
+            out = self._explicit(q, k, v, bias, layout, B, (H, W))  # (B*nWin, heads, K, d)
+        else:
+            # Constant bias: the fused kernel takes it as an additive mask and stays on its
+            # flash path (several times faster than matmuls for the attention itself).
+            mask = bias.expand(n_win, heads, K, K)
+            if layout.blocked is not None:
+                mask = mask.masked_fill(layout.blocked, float("-inf"))
+            out, _ = attention(  # (B, nWin*heads, K, d)
+                *(t.reshape(B, n_win * heads, K, d) for t in (q, k, v)),
+                mask=mask.reshape(1, n_win * heads, K, K), dropout_p=self.attn_drop if self.training else 0.0,
+                need_weights=False,
+            )  # fmt: skip
+        out = out.reshape(B * n_win, heads, K, d).transpose(1, 2).reshape(B, n_win * K, heads * d)
+        out = self.proj_drop(self.proj(out.index_select(1, layout.slot)))  # (B, N, C): own slots
+        out = out.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + out if self.residual else out
+
+    def _explicit(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, layout: _Layout, B: int, grid: tuple[int, int]
+    ) -> Tensor:
+        """Attention with plain matmuls: the path for a learnable bias (the fused kernel would
+        fall back to its slower math path) and for recording the weights."""
+        n_win, heads, K = q.shape[0] // B, q.shape[1], q.shape[2]
+        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B*nWin, heads, K, K)
+        scores.add_(bias)  # broadcast over all windows: its gradient is one contiguous reduction
+        if layout.blocked is not None:
+            scores.view(B, n_win, heads, K, K).masked_fill_(layout.blocked, float("-inf"))
+        weights = scores.softmax(dim=-1)  # (B*nWin, heads, K, K)
+        if self.recording:
+            self._keep_window_map(weights.view(B, n_win * heads, K, K), layout.src, grid)
+        if self.training and self.attn_drop > 0:
+            weights = F.dropout(weights, self.attn_drop)
+        return weights @ v  # (B*nWin, heads, K, d)
 
     def _keep_window_map(self, weights: Tensor, src: Tensor, grid: tuple[int, int]) -> None:
         """Reorder per-window weights to one row per original position."""
