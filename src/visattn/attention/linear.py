@@ -33,8 +33,15 @@ from .base import AttentionModule
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
-    """The paper's positive feature map ``phi(x) = elu(x) + 1``."""
-    return F.elu(x) + 1.0
+    """The paper's positive feature map ``phi(x) = elu(x) + 1``, i.e. ``x + 1`` for x > 0 and
+    ``exp(x)`` otherwise.
+
+    Written with exp and relu because ``F.elu`` is about ten times slower on the CPU (it
+    dominated the linear mechanism's time); without autograd the result is built in place.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.where(x > 0, x + 1.0, x.clamp(max=0).exp())  # clamp: no inf in the unused branch
+    return x.clamp(max=0).exp_().add_(F.relu(x))
 
 
 def linear_attention(
