@@ -6,8 +6,9 @@ Beyond", ICCV Workshops 2019, arXiv:1904.11492.
 
 Deviations from the paper: none in the function computed. The context logit ``W_k x_j`` has
 no bias: a constant added to every logit cancels in the softmax (the official code's bias
-receives a zero gradient), and without it the pooling is exactly one-query attention, which
-runs through ``visattn.functional.attention``. The hidden width ``C // r`` is floored at
+receives a zero gradient), and without it the pooling is exactly one-query attention, computed
+as a softmax over the N logits and one matrix-vector product (no N x N tensor exists, so the
+fused kernel would only add a copy into token layout). The hidden width ``C // r`` is floored at
 ``min_hidden`` (8) so that small C work. Defaults follow the paper's chosen configuration:
 r = 16, LayerNorm in the bottleneck (eps 1e-5 as the official ``nn.LayerNorm``), fusion by
 addition, last layer of each transform initialised to zero (as the official code).
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_int
-from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -121,13 +121,15 @@ class GlobalContext(AttentionModule):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         B, C, H, W = x.shape
-        # Positions as keys and values in token layout (C contiguous), one head; the single
-        # query is W_k itself, and the logits are used unscaled, as in the paper.
-        tokens = x.permute(0, 2, 3, 1).reshape(B, 1, H * W, C)  # (B, 1, N, C)
-        query = self.key.weight.view(1, 1, 1, C).expand(B, 1, 1, C)  # (B, 1, 1, C)
-        context, weights = attention(query, tokens, tokens, scale=1.0, need_weights=self.recording)
-        if weights is not None:
-            self.keep_map(weights, kind="softmax", grid=(H, W), part="context")  # (B, 1, 1, N)
+        # One query (W_k itself, logits unscaled as in the paper): the weights are a softmax
+        # over N logits and the context one matrix-vector product per sample -- nothing N x N
+        # exists, so the fused kernel has nothing to save and would only force a copy of the
+        # map into token layout (measured slower than timm at 32x32 and above). One path for
+        # running and recording.
+        flat = x.flatten(2)  # (B, C, N), a view in both memory formats
+        weights = (self.key.weight.view(1, 1, C) @ flat).softmax(dim=-1)  # (B, 1, N)
+        self.keep_map(weights.unsqueeze(1), kind="softmax", grid=(H, W), part="context")  # (B, 1, 1, N)
+        context = flat @ weights.transpose(1, 2)  # (B, C, 1)
         context = context.view(B, C)  # (B, C)
         out = x
         if self.transform_scale is not None and self.gate is not None:

@@ -1,0 +1,286 @@
+"""The performance goals, each measured side by side with its baseline in one process, and
+written to the section "Performance goals" of docs/benchmarks.md.
+
+Usage (repository root, .venv installed):
+
+    .venv/bin/python benchmarks/goals.py [--quick] [--skip resnet] [--repeats 5]
+
+Goals (ratios on the machine it runs on):
+1. global multi-head self-attention, forward+backward, N >= 4096, head dim 32 and 64: >= 0.7
+   of the measured fp32 matmul rate, >= 3x the naive implementation, peak memory <= 1/20 of
+   naive, and N = 16384 runs;
+2. windowed attention (49 and 144 tokens per window, learnable relative bias): <= 0.9x the
+   time of the better of naive and PyTorch's fused SDPA, >= 1.2x timm's WindowAttention;
+3. ResNet-18 with SE, CBAM or ECA, training and inference img/s at 32 px (batch 64) and
+   224 px (batch 32, channels_last): >= 1.1x timm's same model;
+4. linear attention: >= 15x fused SDPA forward at N = 4096, memory linear in N, and the
+   size at which it overtakes fused attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import shlex
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from _report import machine, write_section
+from visattn import attention
+from visattn.attention.linear import elu_feature_map, linear_attention
+from visattn.attention.swin import ShiftedWindowAttention as Swin
+from visattn.attention.swin import _Layout
+from visattn.bench import interleave, matmul_rate, model_markdown, paired_ratio, peak_memory, run_model_suite
+from visattn.bench.baselines import TimmShiftedWindows
+from visattn.flops import count_flops
+
+MiB = 2**20
+
+
+def naive(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The tutorial's attention: scores, softmax, matmul, with the N x N matrix held."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v
+
+
+def linear_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The linear mechanism's attention: elu + 1 features, then the O(N d^2) form."""
+    return linear_attention(elu_feature_map(q), elu_feature_map(k), v, eps=1e-6, need_weights=False)[0]
+
+
+def fused_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return attention(q, k, v, need_weights=False)[0]
+
+
+def fwd_bwd(fn, *tensors):
+    def run() -> None:
+        out = fn(*tensors)
+        grads = torch.autograd.grad(out.sum(), [t for t in tensors if t.requires_grad])
+        del out, grads
+
+    return run
+
+
+def qkv(batch: int, heads: int, n: int, d: int, *, grad: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, heads, n, d, generator=g).requires_grad_(grad) for _ in range(3)]
+
+
+def attention_flops(fn, tensors) -> int:
+    class Call(torch.nn.Module):
+        def forward(self, *ts):
+            return fn(*ts)
+
+    return count_flops(Call(), *tensors, backward=True)
+
+
+def global_attention(quick: bool, repeats: int, rate: float) -> list[str]:
+    lines = [
+        "### 1. Global multi-head self-attention (forward + backward)",
+        "",
+        "B = 8, 4 heads, fp32; `visattn.attention(q, k, v, need_weights=False)` against the naive",
+        "attention, timed interleaved; FLOPs counted for the fused path (forward and backward).",
+        "",
+        "| N | d | visattn s | naive s | speed-up | GFLOP/s | of matmul | peak MiB | naive MiB | memory |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    sizes = [1024] if quick else [4096]
+    for n in sizes:
+        for d in (32, 64):
+            ours_t, naive_t = qkv(8, 4, n, d, grad=True), qkv(8, 4, n, d, grad=True)
+
+            def fused(q, k, v):
+                return attention(q, k, v, need_weights=False)[0]
+
+            runs = {"visattn": fwd_bwd(fused, *ours_t), "naive": fwd_bwd(naive, *naive_t)}
+            times = interleave(runs, warmup=1, repeats=repeats)
+            flops = attention_flops(fused_core, ours_t)
+            ours_s = times["visattn"].median
+            gflops = flops / ours_s / 1e9
+            peak_ours, peak_naive = (peak_memory(runs[k]) / MiB for k in ("visattn", "naive"))
+            lines.append(
+                f"| {n} | {d} | {ours_s:.3f} | {times['naive'].median:.3f} | "
+                f"{paired_ratio(times['visattn'], times['naive']):.2f}x | {gflops:.1f} | "
+                f"{gflops / rate:.0%} | "
+                f"{peak_ours:.0f} | {peak_naive:.0f} | 1/{peak_naive / peak_ours:.0f} |"
+            )
+            print(lines[-1], flush=True)
+    big = 4096 if quick else 16384
+    q = qkv(1 if quick else 8, 4, big, 32, grad=False)
+    with torch.no_grad():
+        seconds = interleave({"big": lambda: attention(*q, need_weights=False)}, warmup=0, repeats=1)[
+            "big"
+        ].median
+    naive_gib = 8 * 4 * big * big * 4 / 2**30
+    lines += [
+        "",
+        f"N = {big} (B = {q[0].shape[0]}, head dim 32, forward): runs in {seconds:.1f} s; the naive "
+        f"attention would need {naive_gib:.0f} GiB for the score matrix alone at B = 8.",
+    ]
+    return lines
+
+
+def windowed(quick: bool, repeats: int) -> list[str]:
+    lines = [
+        "### 2. Windowed attention with a learnable relative bias",
+        "",
+        "The attention core on `B * windows` windows of K tokens, 4 heads of 32 channels, a bias",
+        "(4, K, K) that requires grad (as Swin's table does). visattn = the swin mechanism's own",
+        "paths: plain matmuls with the bias added in place when the bias needs a gradient, the",
+        "fused kernel with the bias as a constant mask otherwise. naive = scores + bias, softmax,",
+        "matmul; SDPA = `F.scaled_dot_product_attention(..., attn_mask=bias)`.",
+        "",
+        "| K | windows | pass | visattn ms | naive ms | SDPA ms | visattn / best other |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for ws in (7, 12):
+        windows = (64 if quick else 512) if ws == 7 else (16 if quick else 128)
+        lines += window_core(ws, windows, repeats)
+    lines += ["", "The whole mechanism against timm's WindowAttention (with Swin's pad, roll and", ""]
+    lines[-2] += " partition around it), C = 128, 4 heads, window 7, shift 3, B = 8:"
+    lines += ["| map | pass | visattn ms | timm ms | timm / visattn |", "|---|---|---:|---:|---:|"]
+    for side in (28,) if quick else (28, 56):
+        lines += window_module(side, repeats)
+    return lines
+
+
+def window_core(ws: int, windows: int, repeats: int) -> list[str]:
+    """Rows for one window size: training (bias needs a gradient) and inference."""
+    K = ws * ws
+    module = Swin(128, window_size=ws, heads=4)
+    q, k, v = (t.view(windows, 4, K, 32) for t in qkv(1, windows * 4, K, 32, grad=True))
+    bias = (torch.randn(4, K, K) * 0.1).requires_grad_(True)
+    layout = _Layout(None, None, None, None, None, False)  # one map's windows, no mask
+
+    def ours(q: Tensor, k: Tensor, v: Tensor, b: Tensor) -> Tensor:
+        return module._explicit(q, k, v, b, layout, 1, (1, 1))
+
+    def sdpa(q: Tensor, k: Tensor, v: Tensor, b: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=b)
+
+    runs = {
+        name: fwd_bwd(fn, q, k, v, bias) for name, fn in (("ours", ours), ("naive", naive), ("sdpa", sdpa))
+    }
+    rows = [row(K, windows, "fwd+bwd", interleave(runs, warmup=1, repeats=repeats))]
+    q4, k4, v4 = (x.detach().reshape(1, windows * 4, K, 32) for x in (q, k, v))
+    mask = bias.detach().repeat(windows, 1, 1).reshape(1, windows * 4, K, K)
+    runs = {
+        "ours": functools.partial(attention, q4, k4, v4, mask=mask, need_weights=False),
+        "naive": functools.partial(naive, q4, k4, v4, mask),
+        "sdpa": functools.partial(F.scaled_dot_product_attention, q4, k4, v4, attn_mask=mask),
+    }
+    with torch.no_grad():
+        rows.append(row(K, windows, "forward", interleave(runs, warmup=1, repeats=repeats)))
+    print(*rows, sep="\n", flush=True)
+    return rows
+
+
+def row(K: int, windows: int, label: str, t: dict) -> str:
+    # ours over the faster of the two others: the larger of the two paired ratios.
+    best = max(paired_ratio(t["naive"], t["ours"]), paired_ratio(t["sdpa"], t["ours"]))
+    ms = [t[name].median * 1e3 for name in ("ours", "naive", "sdpa")]
+    return f"| {K} | {windows} | {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {best:.2f} |"
+
+
+def window_module(side: int, repeats: int) -> list[str]:
+    """The whole swin mechanism against timm's WindowAttention with Swin's pad/roll/partition."""
+    ours = Swin(128, window_size=7, heads=4)
+    theirs = TimmShiftedWindows(128, side, window=7, shift=3, heads=4, residual=True)
+    x = torch.randn(8, 128, side, side, requires_grad=True)
+    rows = []
+    for label, train in (("forward", False), ("fwd+bwd", True)):
+        ours.train(train), theirs.train(train)
+        if train:
+            runs = {"ours": fwd_bwd(ours, x), "timm": fwd_bwd(theirs, x)}
+        else:
+            runs = {"ours": torch.no_grad()(functools.partial(ours, x)),
+                    "timm": torch.no_grad()(functools.partial(theirs, x))}  # fmt: skip
+        t = interleave(runs, warmup=1, repeats=repeats)
+        ms = [t[name].median * 1e3 for name in ("ours", "timm")]
+        ratio = paired_ratio(t["ours"], t["timm"])
+        rows.append(f"| {side}x{side} | {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ratio:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def linear(quick: bool, repeats: int) -> list[str]:
+    lines = [
+        "### 4. Linear attention against fused attention (forward)",
+        "",
+        "B = 8, 4 heads, head dim 32: the linear attention core (elu + 1 feature map, as the",
+        "`linear` mechanism computes it) against `visattn.attention(..., need_weights=False)`.",
+        "",
+        "| N | linear ms | fused ms | fused / linear | linear peak MiB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    crossover = None
+    sizes = [64, 256, 1024, 4096] if quick else [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    for n in sizes:
+        q, k, v = qkv(8, 4, n, 32, grad=False)
+        runs = {
+            "linear": functools.partial(linear_core, q, k, v),
+            "fused": functools.partial(fused_core, q, k, v),
+        }
+        with torch.no_grad():
+            t = interleave(runs, warmup=1, repeats=repeats)
+            peak = peak_memory(runs["linear"]) / MiB
+        ratio = paired_ratio(t["linear"], t["fused"])
+        if crossover is None and ratio > 1:
+            crossover = n
+        ms = [t[name].median * 1e3 for name in ("linear", "fused")]
+        lines.append(f"| {n} | {ms[0]:.2f} | {ms[1]:.2f} | {ratio:.1f}x | {peak:.1f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Crossover: linear attention is faster from N = {crossover} on (of the sizes measured)."]
+    return lines
+
+
+def resnet(quick: bool, repeats: int) -> list[str]:
+    settings = [(32, 16)] if quick else [(32, 64), (224, 32)]
+    rows = run_model_suite(("none", "se", "cbam", "eca"), settings, repeats=repeats, warmup=1)
+    return [
+        "### 3. ResNet-18 with attention against timm's",
+        "",
+        "visattn's `resnet18` and timm's with `block_args={'attn_layer': name}`, random weights,",
+        "1000 classes, channels-last, fp32; '× visattn' = timm's time over visattn's (above 1:",
+        "visattn is faster).",
+        "",
+        model_markdown(rows),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not results")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["global", "windowed", "resnet", "linear"])
+    args = parser.parse_args()
+    rate = matmul_rate(2048)
+    print(f"fp32 matmul rate: {rate:.1f} GFLOP/s", flush=True)
+    body = [
+        f"- machine: {machine()}",
+        f"- command: `{shlex.join(['python', 'benchmarks/goals.py', *sys.argv[1:]])}`",
+        f"- fp32 matmul rate (2048 x 2048 sgemm, median of 10): **{rate:.1f} GFLOP/s**",
+        "- no CUDA GPU was available for this run: the GPU tables (bf16 autocast, >= 50 % of the",
+        "  card's bf16 matmul rate) are still to be measured.",
+        "",
+    ]
+    parts = {"global": lambda: global_attention(args.quick, args.repeats, rate),
+             "windowed": lambda: windowed(args.quick, args.repeats),
+             "resnet": lambda: resnet(args.quick, args.repeats),
+             "linear": lambda: linear(args.quick, args.repeats)}  # fmt: skip
+    for name, part in parts.items():
+        if name not in args.skip:
+            body += [*part(), ""]
+    write_section("Performance goals" + (" (quick smoke run)" if args.quick else ""), "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
