@@ -174,13 +174,13 @@ class ShiftedWindowAttention(AttentionModule):
         shift = (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
         layout = self._layout(H, W, shift, x.device)
         n_win = layout.src.shape[0]
-        # Project the real positions only, then gather them into (shifted, padded) windows:
-        # one gather replaces pad + roll + partition, and padding costs no projection.
-        # index_select, not x[:, index]: its backward is an index_add, several times faster.
+        # One gather of the C-wide tokens into (shifted, padded) windows replaces pad + roll +
+        # partition, and leaves the projection a contiguous input. index_select, not
+        # x[:, index]: its backward is an index_add, several times faster.
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         if layout.padded:  # one all-zero token for the padding slots to read
             tokens = torch.cat([tokens, tokens.new_zeros(B, 1, C)], dim=1)  # (B, N + 1, C)
-        qkv = self.qkv(tokens).index_select(1, layout.gather)  # (B, nWin*K, 3*inner)
+        qkv = self.qkv(tokens.index_select(1, layout.gather))  # (B, nWin*K, 3*inner)
         qkv = qkv.view(B * n_win, K, 3, heads, d).permute(2, 0, 3, 1, 4)  # (3, B*nWin, heads, K, d)
         q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias_table[layout.bias_index].view(K, K, heads).permute(2, 0, 1)
