@@ -11,7 +11,7 @@ import torch
 from visattn.export import export_model
 from visattn.models import MODELS, create_model
 
-NAMES = [n for n in MODELS.names() if n != "poisoned_cnn"]  # a test-only model of tests/train
+NAMES = MODELS.names()
 ONNX_LIMIT = 30e6  # larger models: benchmarks/export_models.py (results in docs/models.md)
 
 
