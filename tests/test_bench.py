@@ -7,6 +7,7 @@ outputs (CSV, Markdown, plots, the script end to end). No timing is asserted."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import itertools
 import math
 import subprocess
@@ -249,14 +250,19 @@ def test_timm_resnet18_has_the_requested_attention():
     assert not any(isinstance(m, kinds) for m in plain.modules())
 
 
-@pytest.mark.skipif("resnet18" in MODELS, reason="visattn's resnet18 is registered")
-def test_model_suite_skips_without_visattn_resnet18():
-    assert "no 'resnet18'" in model_suite_unavailable()
-    with pytest.raises(KeyError, match="unknown model 'resnet18'"):
+def test_without_timm_its_baselines_are_skipped_with_a_reason(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "timm" else find_spec(name, *a)
+    )
+    rows = run_attention_suite(["se"], [4], batch=2, repeats=1, warmup=0, matmul_gflops=100.0)
+    assert [r.variant for r in rows] == ["visattn", "timm"]
+    assert rows[0].fwd_ms > 0 and "timm is not installed" in rows[1].note
+    assert "timm is not installed" in model_suite_unavailable()
+    with pytest.raises(RuntimeError, match="needs timm"):
         run_model_suite(["se"], [(32, 2)], repeats=1)
 
 
-@pytest.mark.skipif("resnet18" not in MODELS, reason="visattn's resnet18 is not registered yet")
 def test_model_suite_runs_visattn_resnet18():
     assert model_suite_unavailable() is None
     rows = run_model_suite(["se"], [(32, 2)], repeats=1, warmup=0, num_classes=10)

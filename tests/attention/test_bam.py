@@ -9,22 +9,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from attnkit import perturbed
 from torch import Tensor, nn
 
 from visattn import record_attention
 from visattn.attention.bam import BAM
-
-
-def perturbed(module: BAM) -> BAM:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return module.eval()
 
 
 def bn(x: Tensor, m: nn.BatchNorm2d) -> Tensor:
@@ -70,7 +59,7 @@ def reference(module: BAM, x: Tensor) -> Tensor:
 @pytest.mark.parametrize("channels", [16, 48])
 @pytest.mark.parametrize("hw", [(7, 5), (12, 12), (1, 1), (3, 10)])
 def test_matches_float64_paper_equations(channels, hw):
-    module = perturbed(BAM(channels, min_hidden=2))
+    module = perturbed(BAM(channels, min_hidden=2), seed=1)
     x = torch.randn(2, channels, *hw)
     with torch.no_grad():
         out = module(x)
@@ -78,14 +67,14 @@ def test_matches_float64_paper_equations(channels, hw):
 
 
 def test_other_dilation_matches_reference():
-    module = perturbed(BAM(32, dilation=2))
+    module = perturbed(BAM(32, dilation=2), seed=1)
     x = torch.randn(1, 32, 9, 6)
     with torch.no_grad():
         torch.testing.assert_close(module(x).double(), reference(module, x), atol=1e-5, rtol=1e-5)
 
 
 def test_map_is_channel_mean_of_the_gate_applied():
-    module = perturbed(BAM(32))
+    module = perturbed(BAM(32), seed=1)
     x = (torch.rand(2, 32, 6, 8) + 0.5) * torch.randn(2, 32, 6, 8).sign()  # |x| >= 0.5: safe to divide
     with torch.no_grad(), record_attention(module) as maps:
         out = module(x)
@@ -99,7 +88,7 @@ def test_map_is_channel_mean_of_the_gate_applied():
 def test_pooling_covers_all_rows_and_columns():
     """A change in the last column moves the channel branch (a square H x H pool would not
     see columns beyond H); the spatial branch is made blind to it by zeroing its weights."""
-    module = perturbed(BAM(16))
+    module = perturbed(BAM(16), seed=1)
     with torch.no_grad():
         module.spatial_branch[-1].weight.zero_()
     x = torch.randn(1, 16, 3, 8)

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnkit import perturbed
 from timm.layers.coord_attn import CoordAttn
-from torch import nn
 
 from visattn import record_attention
 from visattn.attention.coord import CoordinateAttention
-
-
-def perturb(module: nn.Module) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
 
 
 def timm_like(ours: CoordinateAttention) -> CoordAttn:
@@ -45,7 +35,7 @@ def timm_width(channels: int) -> int:
 @pytest.mark.parametrize("channels", [32, 64])
 def test_matches_timm_with_timm_options(channels):
     ours = CoordinateAttention(channels, hidden=timm_width(channels), bias=False)
-    perturb(ours)
+    perturbed(ours)
     ours.eval()
     theirs = timm_like(ours)
     for hw in [(7, 5), (16, 16), (1, 1), (4, 11)]:
@@ -58,7 +48,7 @@ def test_default_differs_from_timm_by_the_biases_only():
     """At C = 64 both widths are 8; with our biases zeroed the default equals timm."""
     ours = CoordinateAttention(64)
     assert ours.hidden == timm_width(64) == 8
-    perturb(ours)
+    perturbed(ours)
     ours.eval()
     reference = CoordAttn(64, bias=False)
     with torch.no_grad():
@@ -84,7 +74,7 @@ def test_hidden_width_rule():
 
 def test_gates_keep_their_coordinate_and_map_is_their_product():
     module = CoordinateAttention(16).eval()
-    perturb(module)
+    perturbed(module)
     x = torch.randn(2, 16, 5, 7)
     with torch.no_grad(), record_attention(module) as maps:
         out = module(x)
@@ -102,7 +92,7 @@ def test_gate_along_h_follows_rows():
     """Permuting the rows of x permutes the output rows the same way (a_h is per row, a_w
     uses row means, which the permutation leaves unchanged)."""
     module = CoordinateAttention(16).eval()
-    perturb(module)
+    perturbed(module)
     x = torch.randn(1, 16, 6, 4)
     perm = torch.randperm(6)
     with torch.no_grad():

@@ -7,18 +7,11 @@ import copy
 
 import pytest
 import torch
+from attnkit import perturbed
 from torch import Tensor
 
 from visattn import record_attention
 from visattn.attention.polarized import PolarizedSelfAttention
-
-
-def perturbed(module: PolarizedSelfAttention) -> PolarizedSelfAttention:
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return module.eval()
 
 
 def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
@@ -58,7 +51,7 @@ def reference(module: PolarizedSelfAttention, x: Tensor) -> Tensor:
 @pytest.mark.parametrize("hw", [(7, 5), (8, 8), (1, 1), (2, 11)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_float64_paper_equations(layout, hw, bias):
-    module = perturbed(PolarizedSelfAttention(16, layout=layout, bias=bias))
+    module = perturbed(PolarizedSelfAttention(16, layout=layout, bias=bias), seed=7, scale=0.3)
     x = torch.randn(2, 16, *hw)
     with torch.no_grad():
         fused = module(x)
@@ -70,7 +63,7 @@ def test_matches_float64_paper_equations(layout, hw, bias):
 
 
 def test_odd_channels_use_floor_half():
-    module = perturbed(PolarizedSelfAttention(9))
+    module = perturbed(PolarizedSelfAttention(9), seed=7, scale=0.3)
     assert module.ch_value.out_features == 4
     x = torch.randn(1, 9, 4, 3)
     with torch.no_grad():
@@ -78,7 +71,7 @@ def test_odd_channels_use_floor_half():
 
 
 def test_maps_are_the_gates_and_the_position_softmax():
-    module = perturbed(PolarizedSelfAttention(16))
+    module = perturbed(PolarizedSelfAttention(16), seed=7, scale=0.3)
     x = torch.randn(2, 16, 5, 6)
     with torch.no_grad(), record_attention(module) as maps:
         out = module(x)
@@ -96,7 +89,7 @@ def test_maps_are_the_gates_and_the_position_softmax():
 
 
 def test_sequential_spatial_gate_sees_the_channel_refined_input():
-    module = perturbed(PolarizedSelfAttention(16, layout="sequential"))
+    module = perturbed(PolarizedSelfAttention(16, layout="sequential"), seed=7, scale=0.3)
     x = torch.randn(1, 16, 4, 4)
     with torch.no_grad(), record_attention(module) as maps:
         out = module(x)

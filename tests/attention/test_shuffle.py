@@ -9,18 +9,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from attnkit import perturbed
 from torch import Tensor, nn
 
 from visattn import record_attention
 from visattn.attention.shuffle import ShuffleAttention
-
-
-def perturbed(module: ShuffleAttention) -> ShuffleAttention:
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    return module.eval()
 
 
 def reference(module: ShuffleAttention, x: Tensor) -> Tensor:
@@ -46,14 +39,14 @@ def reference(module: ShuffleAttention, x: Tensor) -> Tensor:
 @pytest.mark.parametrize("channels", [16, 32, 48])
 @pytest.mark.parametrize("hw", [(7, 5), (8, 8), (1, 1), (2, 9)])
 def test_matches_float64_reference(channels, hw):
-    module = perturbed(ShuffleAttention(channels, groups=4))
+    module = perturbed(ShuffleAttention(channels, groups=4), seed=5, scale=0.5)
     x = torch.randn(2, channels, *hw) * 2 + 0.5
     with torch.no_grad():
         torch.testing.assert_close(module(x).double(), reference(module, x), atol=1e-5, rtol=1e-5)
 
 
 def test_default_groups_match_reference():
-    module = perturbed(ShuffleAttention(64))
+    module = perturbed(ShuffleAttention(64), seed=5, scale=0.5)
     assert module.groups == 32
     x = torch.randn(2, 64, 6, 7)
     with torch.no_grad():
@@ -76,7 +69,7 @@ def test_shuffle_order():
 def test_spatial_statistics_are_per_channel():
     """Offsetting and rescaling one channel of a spatial half leaves the other channels'
     outputs unchanged (a GroupNorm with one group over the half would mix them)."""
-    module = perturbed(ShuffleAttention(16, groups=2))  # k = 4 channels per half
+    module = perturbed(ShuffleAttention(16, groups=2), seed=5, scale=0.5)  # k = 4 channels per half
     x = torch.randn(1, 16, 5, 5)
     y = x.clone()
     y[:, 5] = y[:, 5] * 10 + 7  # group 0, spatial half, its second channel
@@ -90,7 +83,7 @@ def test_spatial_statistics_are_per_channel():
 def test_group_choice_and_map_meaning():
     assert ShuffleAttention(32).groups == 16 and ShuffleAttention(48).groups == 24
     assert ShuffleAttention(256).groups == 64 and ShuffleAttention(96, groups=5).groups == 4
-    module = perturbed(ShuffleAttention(16, groups=2))
+    module = perturbed(ShuffleAttention(16, groups=2), seed=5, scale=0.5)
     x = torch.randn(2, 16, 3, 4)
     with torch.no_grad(), record_attention(module) as maps:
         module(x)

@@ -9,22 +9,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from attnkit import perturbed
 from torch import Tensor, nn
 
 from visattn import record_attention
 from visattn.attention.triplet import TripletAttention
-
-
-def perturbed(module: TripletAttention) -> TripletAttention:
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return module.eval()
 
 
 def branch_gate(t: Tensor, branch: nn.Module) -> Tensor:
@@ -54,14 +43,14 @@ def reference(module: TripletAttention, x: Tensor) -> Tensor:
 @pytest.mark.parametrize("hw", [(7, 5), (16, 16), (1, 1), (3, 12)])
 @pytest.mark.parametrize("channels", [16, 24])
 def test_matches_float64_rotation_reference(hw, channels):
-    module = perturbed(TripletAttention(channels))
+    module = perturbed(TripletAttention(channels), seed=3)
     x = torch.randn(2, channels, *hw)
     with torch.no_grad():
         torch.testing.assert_close(module(x).double(), reference(module, x), atol=1e-5, rtol=1e-5)
 
 
 def test_without_spatial_branch_and_other_kernel():
-    module = perturbed(TripletAttention(16, spatial=False, kernel_size=3))
+    module = perturbed(TripletAttention(16, spatial=False, kernel_size=3), seed=3)
     assert module.hw is None
     x = torch.randn(2, 16, 6, 9)
     with torch.no_grad():
@@ -72,7 +61,7 @@ def test_branches_see_the_right_planes():
     """Transposing the C-H branch's kernel changes the output (the branch is not blind to
     the plane's orientation), and the reference, which convolves the authors' rotated
     (H, C) plane, still agrees with the transposed weights."""
-    module = perturbed(TripletAttention(16))
+    module = perturbed(TripletAttention(16), seed=3)
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
         base = module(x)
@@ -82,7 +71,7 @@ def test_branches_see_the_right_planes():
 
 
 def test_maps_are_the_three_gates():
-    module = perturbed(TripletAttention(16))
+    module = perturbed(TripletAttention(16), seed=3)
     x = torch.randn(2, 16, 5, 7)
     with torch.no_grad(), record_attention(module) as maps:
         out = module(x)

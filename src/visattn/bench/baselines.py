@@ -16,6 +16,7 @@ baseline module ``(B, C, H, W) -> (B, C, H, W)``, or a string saying why there i
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -25,13 +26,28 @@ from torch import Tensor, nn
 from ..attention import MultiHeadSelfAttention2d
 from ..functional import sincos_2d
 
-__all__ = ["BASELINES", "NAIVE_MAX_SCORE_BYTES", "TIMM_NOTES", "Builder", "NaiveSelfAttention2d", "Residual"]
+__all__ = [
+    "BASELINES",
+    "NAIVE_MAX_SCORE_BYTES",
+    "TIMM_NOTES",
+    "Builder",
+    "NaiveSelfAttention2d",
+    "Residual",
+    "timm_missing",
+]
 
 Builder = Callable[[nn.Module, int, int], nn.Module | str]
 
 #: Largest ``(B, heads, N, N)`` fp32 score tensor the naive baseline may allocate (it holds
 #: two or three at once in a backward pass); 8 images, 4 heads at 128 x 128 would need 32 GiB.
 NAIVE_MAX_SCORE_BYTES = 4 * 2**30
+
+
+def timm_missing() -> str | None:
+    """Why the timm baselines cannot run (timm is a development extra), or ``None``."""
+    if importlib.util.find_spec("timm") is None:
+        return "skipped: timm is not installed (pip install 'timm>=1.0' to compare with it)"
+    return None
 
 
 class NaiveSelfAttention2d(nn.Module):

@@ -21,6 +21,7 @@ all counted.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,11 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from .._checks import check_int
+
+# The profiler serves here only as an allocation counter; its C++ tracer (kineto) would
+# otherwise print start/stop lines, and on a machine without a GPU an ERROR about the device
+# count, for every measurement. Read when the tracer first starts; a value the user set wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 __all__ = ["TimingStats", "interleave", "matmul_rate", "measure", "paired_ratio", "peak_memory"]
 

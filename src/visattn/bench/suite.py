@@ -30,7 +30,7 @@ from .._checks import check_int
 from ..attention import create_attention
 from ..flops import count_flops
 from ..registry import ATTENTION
-from .baselines import BASELINES, TIMM_NOTES
+from .baselines import BASELINES, TIMM_NOTES, timm_missing
 from .measures import interleave, matmul_rate, paired_ratio, peak_memory
 
 __all__ = ["Row", "run_attention_suite"]
@@ -133,7 +133,8 @@ def run_attention_suite(
             ours = create_attention(name, channels)
             variants: dict[str, nn.Module | str] = {"visattn": ours}
             for variant, build in (BASELINES.get(name, {}) if baselines else {}).items():
-                variants[variant] = build(ours, size, batch)
+                missing = timm_missing() if variant == "timm" else None
+                variants[variant] = missing or build(ours, size, batch)
             x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(size))
             case = _measure_case(name, variants, x.to(device), backward, warmup, repeats, device, rate)
             times = ", ".join(f"{r.variant} {r.fwd_ms:.3g} / {r.fwdbwd_ms:.3g} ms" for r in case)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from ..registry import MODELS
+from .baselines import timm_missing
 from .measures import interleave, paired_ratio
 
 __all__ = ["ModelRow", "model_suite_unavailable", "run_model_suite"]
@@ -50,10 +51,8 @@ class ModelRow:
 
 
 def model_suite_unavailable() -> str | None:
-    """Why ``run_model_suite`` cannot compare with visattn's own network, or ``None``."""
-    if MODEL in MODELS:
-        return None
-    return f"skipped: visattn.models has no {MODEL!r} yet (registered: {', '.join(MODELS.names())})"
+    """Why ``run_model_suite`` cannot compare visattn's network with timm's, or ``None``."""
+    return timm_missing()
 
 
 def _visattn_resnet18(attention: str, num_classes: int) -> nn.Module:
@@ -112,8 +111,8 @@ def run_model_suite(
         channels_last: run both networks and inputs in channels-last layout.
         device: where everything runs.
         build: ``(attention, num_classes) -> model`` for the visattn side; by default
-            ``create_model("resnet18", ...)``, which must be registered (see
-            ``model_suite_unavailable``).
+            ``create_model("resnet18", ...)``. timm must be installed (see
+            ``model_suite_unavailable``); ``RuntimeError`` otherwise.
 
     Example:
         >>> rows = run_model_suite(["se"], [(32, 2)], repeats=1)  # doctest: +SKIP
@@ -125,6 +124,8 @@ def run_model_suite(
     if not settings or not all(len(s) == 2 and positive(s[0]) and positive(s[1]) for s in settings):
         raise ValueError(f"settings must be (image size, batch) pairs of positive integers, got {settings!r}")
     check_int("repeats", repeats)
+    if missing := timm_missing():
+        raise RuntimeError(f"the ResNet-18 comparison needs timm: {missing}")
     if build is None:
         MODELS.get(MODEL)  # KeyError listing the registered models
         build = _visattn_resnet18
