@@ -9,14 +9,18 @@ Usage (repository root, .venv installed):
    the share of convolutions (shared by both, oneDNN) against everything else.
 2. The swin mechanism against timm's WindowAttention with Swin's pad/roll/partition,
    forward + backward at 56 x 56, C = 128, B = 8: the operators that differ.
+3. The windowed attention core (goal 2) beside the naive attention and SDPA: how much of each
+   is the batched matmuls they all share.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 
 import timm
 import torch
@@ -25,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from _report import machine, write_section
 from visattn import create_model
-from visattn.attention.swin import ShiftedWindowAttention
+from visattn.attention.swin import ShiftedWindowAttention, _Layout
 from visattn.bench.baselines import TimmShiftedWindows
 
 CONV = ("convolution", "mkldnn", "conv2d", "conv_depthwise", "_slow_conv")
@@ -74,9 +78,25 @@ def resnet_rows(steps: int) -> list[str]:
     return rows
 
 
+def compare_rows(steps: int, step_fns: dict[str, Callable[[], None]], top: int = 14) -> list[str]:
+    """The operators taking most time in any of the variants, side by side, and the totals."""
+    times = {label: op_times(fn, steps) for label, fn in step_fns.items()}
+    labels = list(times)
+    merged = defaultdict(lambda: [0.0] * len(labels))
+    for i, label in enumerate(labels):
+        for op, t in times[label].items():
+            merged[op][i] += t
+    heavy = sorted(merged.items(), key=lambda kv: -max(kv[1]))[:top]
+    rows = ["| operator | " + " | ".join(f"{label} ms" for label in labels) + " |"]
+    rows.append("|---|" + "---:|" * len(labels))
+    rows += ["| `" + op + "` | " + " | ".join(f"{t:.2f}" for t in ts) + " |" for op, ts in heavy]
+    rows.append("| **total** | " + " | ".join(f"{sum(times[label].values()):.2f}" for label in labels) + " |")
+    return rows
+
+
 def swin_rows(steps: int) -> list[str]:
     x = torch.randn(8, 128, 56, 56, requires_grad=True)
-    times = {}
+    step_fns = {}
     for label, module in (
         ("visattn", ShiftedWindowAttention(128, window_size=7, heads=4)),
         ("timm", TimmShiftedWindows(128, 56, window=7, shift=3, heads=4, residual=True)),
@@ -86,16 +106,27 @@ def swin_rows(steps: int) -> list[str]:
         def step(m=module) -> None:
             torch.autograd.grad(m(x).sum(), [x, *m.parameters()])
 
-        times[label] = op_times(step, steps)
-    merged = defaultdict(lambda: [0.0, 0.0])
-    for i, label in enumerate(("visattn", "timm")):
-        for op, t in times[label].items():
-            merged[op][i] += t
-    top = sorted(merged.items(), key=lambda kv: -max(kv[1]))[:14]
-    rows = ["| operator | visattn ms | timm ms |", "|---|---:|---:|"]
-    rows += [f"| `{op}` | {a:.2f} | {b:.2f} |" for op, (a, b) in top]
-    rows.append(f"| **total** | {sum(times['visattn'].values()):.2f} | {sum(times['timm'].values()):.2f} |")
-    return rows
+        step_fns[label] = step
+    return compare_rows(steps, step_fns)
+
+
+def window_core_rows(steps: int) -> list[str]:
+    """The windowed core of performance goal 2 (K = 49, 512 windows, learnable bias)."""
+    K, windows = 49, 512
+    module = ShiftedWindowAttention(128, window_size=7, heads=4)
+    q, k, v = (torch.randn(windows, 4, K, 32, requires_grad=True) for _ in range(3))
+    bias = (torch.randn(4, K, K) * 0.1).requires_grad_(True)
+    layout = _Layout(None, None, None, None, None, False)
+    cores = {
+        "visattn": lambda: module._explicit(q, k, v, bias, layout, 1, (1, 1)),
+        "naive": lambda: ((q @ k.transpose(-2, -1)) / math.sqrt(32) + bias).softmax(-1) @ v,
+        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+    }
+
+    def step(core) -> Callable[[], None]:
+        return lambda: torch.autograd.grad(core().sum(), [q, k, v, bias])
+
+    return compare_rows(steps, {label: step(core) for label, core in cores.items()}, top=10)
 
 
 def main() -> None:
@@ -115,6 +146,10 @@ def main() -> None:
         "### swin against timm's WindowAttention, forward + backward (56 x 56, C = 128, B = 8)",
         "",
         *swin_rows(args.steps),
+        "",
+        "### Windowed attention core, forward + backward (K = 49, 512 windows, learnable bias)",
+        "",
+        *window_core_rows(args.steps),
     ]
     write_section("Profiles", "\n".join(body))
 
