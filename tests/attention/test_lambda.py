@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers.lambda_layer import LambdaLayer as TimmLambdaLayer
 
 from visattn import record_attention
-from visattn.attention.lambda_layer import LambdaLayer
+from visattn.attention.lambda_layer import LambdaLayer, lambda_conv
 
 
 def _perturbed(channels: int, **kwargs) -> LambdaLayer:
@@ -113,6 +113,27 @@ def test_matches_the_papers_einsum_with_explicit_position_embeddings(hw, r):
     key = "LambdaLayer:keys"
     assert list(maps) == [key] and maps.kind(key) == "softmax" and maps.grid(key) == hw
     torch.testing.assert_close(maps[key].double(), keys[:, None], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(7, 5), (1, 1), (12, 9), (2, 8)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_lambda_conv_fast_backward_equals_the_3d_convolution(hw, bias):
+    """The CPU training path (its own weight gradient, the kernel cropped to what a map
+    smaller than r x r can reach) against PyTorch's Conv3d, in float64."""
+    conv = torch.nn.Conv3d(1, 6, (1, 5, 5), padding=(0, 2, 2), bias=bias).double()
+    values = torch.randn(3, 4, *hw, dtype=torch.float64, requires_grad=True)
+    out = lambda_conv(values, conv.weight, conv.bias)  # (B, v, k, H, W)
+    expected = conv(values.unsqueeze(1)).transpose(1, 2)  # (B, k, v, H, W) -> (B, v, k, H, W)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    params = [values, *conv.parameters()]
+    ours = torch.autograd.grad(out, params, grad)
+    theirs = torch.autograd.grad(expected, params, grad)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda v, w: lambda_conv(v, w, None), (values[:1, :2], conv.weight.detach().requires_grad_())
+    )
 
 
 def test_residual_and_exact_gradients_at_batch_one():
