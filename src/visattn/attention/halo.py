@@ -100,7 +100,7 @@ class HaloAttention(AttentionModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        C, H, W = x.shape[1:]
+        B, C, H, W = x.shape
         b, heads, d = self.block_size, self.heads, self.head_dim
         Hp, Wp = -(-H // b) * b, -(-W // b) * b
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -110,30 +110,48 @@ class HaloAttention(AttentionModule):
         q = q.view(-1, n_blk, b * b, heads, d).permute(0, 3, 1, 2, 4)  # (B, heads, nBlk, b*b, d)
         # Each block's window, gathered from the flat map plus one zero row that stands for
         # every position outside the map (zero key and value, as timm pads).
-        keys = grid_index(
-            halo_index(H, b, self.halo_size, device=x.device),
-            halo_index(W, b, self.halo_size, device=x.device),
-            W,
-        )  # (nBlk, win*win), -1 outside the map
-        kv = F.pad(self.kv(tokens).reshape(-1, H * W, heads * d + C), (0, 0, 0, 1))  # (B, N+1, .)
-        kv = kv[:, torch.where(keys >= 0, keys, H * W)]  # (B, nBlk, win*win, heads*d + C)
-        k = kv[..., : heads * d].unflatten(-1, (heads, d)).permute(0, 3, 1, 2, 4)  # (B, heads, nBlk, win², d)
-        v = kv[..., heads * d :].unflatten(-1, (heads, C // heads)).permute(0, 3, 1, 2, 4)
-        mask = self._position_logits(q)  # (B, heads, nBlk, b*b, win*win)
+        rows = halo_index(H, b, self.halo_size, device=x.device)  # (nBlkH, win), -1 outside
+        cols = halo_index(W, b, self.halo_size, device=x.device)  # (nBlkW, win)
+        keys = grid_index(rows, cols, W)  # (nBlk, win*win), -1 outside the map
+        # Keys and values head-major first, then gathered: the gather writes the windows
+        # (about 3x the map) once, contiguous, and its backward is an index_add.
+        kv = F.pad(self.kv(tokens).reshape(B, H * W, heads * d + C), (0, 0, 0, 1))  # (B, N+1, .)
+        index = torch.where(keys >= 0, keys, H * W).flatten()  # the extra zero row outside
+        k, v = (
+            t.unflatten(-1, (heads, -1)).transpose(1, 2).index_select(2, index).unflatten(2, (n_blk, -1))
+            for t in kv.split([heads * d, C], dim=-1)
+        )  # (B, heads, nBlk, win*win, d) and (..., C/heads)
+        # Padding keys get -inf in the per-axis logits, before they are summed into the
+        # (b*b, win*win) mask: no pass over the large tensor to mask it.
+        outside = None
         if self.mask_padding:
-            mask = mask.masked_fill(keys[:, None, :] < 0, float("-inf"))
+            inf = torch.tensor(float("-inf"), device=x.device)
+            nbh, nbw = rows.shape[0], cols.shape[0]
+            outside = (
+                torch.where(rows < 0, inf, 0.0)[:, None].expand(nbh, nbw, -1).reshape(n_blk, -1),
+                torch.where(cols < 0, inf, 0.0)[None].expand(nbh, nbw, -1).reshape(n_blk, -1),
+            )  # (nBlk, win) each
+        mask = self._position_logits(q, outside)  # (B, heads, nBlk, b*b, win*win)
         p = self.attn_drop if self.training else 0.0
-        out, weights = attention(  # (B, heads, nBlk, b*b, C/heads)
-            q, k, v, mask=mask, dropout_p=p, scale=self.scale, need_weights=self.recording
-        )
+        if mask.requires_grad and not self.recording:
+            # Learnable logits: the fused kernel would take its math path; plain matmuls with
+            # the mask added in place are faster and hold the same tensors.
+            scores = (q * self.scale) @ k.transpose(-2, -1)
+            weights = scores.add_(mask).softmax(dim=-1)
+            out, weights = (F.dropout(weights, p) if p > 0 else weights) @ v, None
+        else:
+            out, weights = attention(  # (B, heads, nBlk, b*b, C/heads)
+                q, k, v, mask=mask, dropout_p=p, scale=self.scale, need_weights=self.recording
+            )
         if weights is not None:
             self._keep_window_map(weights, keys, (H, W))
         out = out.permute(0, 2, 3, 1, 4).reshape(-1, n_blk, b * b, C)  # (B, nBlk, b*b, C)
         out = window_reverse(out, (b, b), Hp, Wp)[:, :H, :W].permute(0, 3, 1, 2)  # (B, C, H, W)
         return x + out if self.residual else out
 
-    def _position_logits(self, q: Tensor) -> Tensor:
-        """``q . (r_height[dy] + r_width[dx])`` for every query of a block and key of its window."""
+    def _position_logits(self, q: Tensor, outside: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``q . (r_height[dy] + r_width[dx])`` for every query of a block and key of its window;
+        ``outside``: (nBlk, win) additions (``-inf`` for rows, columns outside the map)."""
         b, win = self.block_size, self.block_size + 2 * self.halo_size
         # Key row r of the window sits r - halo - i rows from query row i; the table starts at
         # offset -(b + halo - 1).
@@ -142,6 +160,9 @@ class HaloAttention(AttentionModule):
         qb = q.unflatten(-2, (b, b))  # (B, heads, nBlk, b, b, d)
         rows = torch.einsum("...ijd,ird->...ijr", qb, self.rel_height[offset])  # (..., b, b, win)
         cols = torch.einsum("...ijd,jcd->...ijc", qb, self.rel_width[offset])  # (..., b, b, win)
+        if outside is not None:
+            rows = rows + outside[0][:, None, None, :]
+            cols = cols + outside[1][:, None, None, :]
         logits = (rows[..., :, None] + cols[..., None, :]).flatten(-2).flatten(-3, -2)  # (..., b*b, win*win)
         return logits * self.scale if self.scale_pos_logits else logits
 
