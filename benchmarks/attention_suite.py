@@ -104,9 +104,23 @@ def attention_section(args: argparse.Namespace, command: str, rate: float, rows:
         f"![time]({link(args.plot_dir / 'bench-attention-time.png')}) "
         f"![memory]({link(args.plot_dir / 'bench-attention-memory.png')})",
         "",
+        *slower_than_baselines(rows),
         markdown(rows),
     ]
     return "\n".join(lines)
+
+
+def slower_than_baselines(rows: list, below: float = 0.95) -> list[str]:
+    """A sentence per case where a baseline ran faster than visattn (ratio under ``below``)."""
+    cases = []
+    for r in rows:
+        for label, ratio in (("forward", r.fwd_ratio), ("forward + backward", r.fwdbwd_ratio)):
+            if ratio == ratio and ratio < below:  # NaN where not measured
+                cases.append(f"{r.name} at {r.H}×{r.W} {label} ({r.variant} {1 / ratio:.2f}x faster)")
+    if not cases:
+        return [f"Every baseline row is at most {1 - below:.0%} faster than visattn's.", ""]
+    lead = f"Where a baseline is more than {1 - below:.0%} faster than visattn: "
+    return [lead + "; ".join(cases) + ".", ""]
 
 
 def model_section(args: argparse.Namespace, command: str, doc: Path) -> str:
