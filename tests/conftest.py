@@ -13,3 +13,19 @@ def _seed() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Size, int]]:
+    """Every call of ``F.scaled_dot_product_attention`` from here on, as (query shape, the
+    backend PyTorch chooses for it): proves that a fast path really runs the flash kernel
+    (``attnkit.FLASH``) rather than silently falling back to the N x N math path."""
+    calls: list[tuple[torch.Size, int]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape, torch._fused_sdp_choice(q, k, v, **kw)))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls

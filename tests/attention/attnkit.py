@@ -9,6 +9,10 @@ from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
 
+#: The backend id of PyTorch's flash kernel, as ``torch._fused_sdp_choice`` (and the
+#: ``sdpa_calls`` fixture) reports it.
+FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+
 
 def perturbed(module: M, *, seed: int | None = None, scale: float = 0.2) -> M:
     """Move ``module`` away from its initialisation, in place, and return it in eval mode.
@@ -27,3 +31,19 @@ def perturbed(module: M, *, seed: int | None = None, scale: float = 0.2) -> M:
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     return module.eval()
+
+
+def assert_window_map_is(maps, hw: tuple[int, int], window: int, expected: torch.Tensor) -> None:
+    """The one recorded ``"window"`` map in ``maps``, scattered back to ``(B, heads, N, N)``
+    through its key index, equals ``expected`` (float64 weights of a masked full attention);
+    slots outside the map (key ``-1``) carry zero weight."""
+    (name,) = maps
+    w, keys = maps[name], maps.keys_index(name)
+    n = hw[0] * hw[1]
+    B, heads = expected.shape[:2]
+    assert maps.kind(name) == "window" and maps.grid(name) == hw
+    assert w.shape == (B, heads, n, window) and keys.shape == (n, window)
+    assert torch.all(w[..., keys < 0] == 0)
+    full = torch.zeros(B, heads, n, n + 1, dtype=torch.float64)  # padding into a spare column
+    full.scatter_add_(-1, torch.where(keys >= 0, keys, n).expand(B, heads, n, -1), w.double())
+    torch.testing.assert_close(full[..., :n], expected, atol=1e-6, rtol=1e-5)

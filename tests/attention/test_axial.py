@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from attnkit import FLASH
 
 from visattn import record_attention
 from visattn.attention.axial import AxialAttention2d, AxialLayer
@@ -99,20 +100,12 @@ def test_position_terms_matter_and_clip_beyond_max_distance():
         close(small(x), relative(x))
 
 
-def test_fused_path_runs_the_flash_kernel(monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        calls.append((q.shape, torch._fused_sdp_choice(q, k, v, **kw)))
-        return sdpa(q, k, v, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+def test_fused_path_runs_the_flash_kernel(sdpa_calls):
     with torch.no_grad():
         AxialAttention2d(32).eval()(torch.randn(2, 32, 9, 11))
-    flash = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+    flash = FLASH
     # Per column (B*W lines of H) then per row (B*H lines of W); width d + L = 4 + L.
-    assert calls == [((22, 8, 9, 4 + 9), flash), ((18, 8, 11, 4 + 11), flash)]
+    assert sdpa_calls == [((22, 8, 9, 4 + 9), flash), ((18, 8, 11, 4 + 11), flash)]
 
 
 @pytest.mark.parametrize(

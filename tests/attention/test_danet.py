@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from attnkit import FLASH
 
 from visattn import record_attention
 from visattn.attention.danet import DualAttention
@@ -101,20 +101,12 @@ def test_starts_as_the_identity_and_gammas_learn():
     assert module.gamma_position.grad.abs() > 0 and module.gamma_channel.grad.abs() > 0
 
 
-def test_both_modules_run_the_flash_kernel(monkeypatch):
+def test_both_modules_run_the_flash_kernel(sdpa_calls):
     """PAM's query/key (C/8) are narrower than its value (C): unpadded, the kernel would
     silently materialise the N x N scores."""
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        calls.append(torch._fused_sdp_choice(q, k, v, **kw))
-        return sdpa(q, k, v, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     with torch.no_grad():
         DualAttention(32).eval()(torch.randn(2, 32, 9, 11))
-    assert calls == [int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)] * 2
+    assert [backend for _, backend in sdpa_calls] == [FLASH] * 2
 
 
 def test_branches_hold_only_their_parameters():

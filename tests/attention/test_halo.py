@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from attnkit import assert_window_map_is
 from timm.layers.halo_attn import HaloAttn
 
 from visattn import record_attention
@@ -123,15 +124,7 @@ def test_default_equals_masked_full_attention(block, halo, hw):
     expected, expected_w = masked_full_attention(module, x)
     torch.testing.assert_close(fused.double(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
-    (name,) = maps
-    w, keys = maps[name], maps.keys_index(name)
-    n, K = hw[0] * hw[1], (block + 2 * halo) ** 2
-    assert maps.kind(name) == "window" and maps.grid(name) == hw
-    assert w.shape == (2, HEADS, n, K) and keys.shape == (n, K)
-    assert torch.all(w[..., keys < 0] == 0)
-    full = torch.zeros(2, HEADS, n, n + 1, dtype=torch.float64)
-    full.scatter_add_(-1, torch.where(keys >= 0, keys, n).expand(2, HEADS, n, -1), w.double())
-    torch.testing.assert_close(full[..., :n], expected_w, atol=1e-6, rtol=1e-5)
+    assert_window_map_is(maps, hw, (block + 2 * halo) ** 2, expected_w)
 
 
 def test_default_differs_from_timm_only_through_the_padding():

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from attnkit import assert_window_map_is
 
 from visattn import record_attention
 from visattn.attention.neighborhood import NeighborhoodAttention
@@ -109,15 +110,7 @@ def test_matches_masked_full_attention(kernel, dilation, hw):
     torch.testing.assert_close(fused.double(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
     # The map, scattered back to (N, N) through its keys, is the reference's weights.
-    (name,) = maps
-    w, keys = maps[name], maps.keys_index(name)
-    n = hw[0] * hw[1]
-    assert maps.kind(name) == "window" and maps.grid(name) == hw
-    assert w.shape == (2, HEADS, n, kernel * kernel) and keys.shape == (n, kernel * kernel)
-    assert torch.all(w[..., keys < 0] == 0)
-    full = torch.zeros(2, HEADS, n, n + 1, dtype=torch.float64)
-    full.scatter_add_(-1, torch.where(keys >= 0, keys, n).expand(2, HEADS, n, -1), w.double())
-    torch.testing.assert_close(full[..., :n], expected_w, atol=1e-6, rtol=1e-5)
+    assert_window_map_is(maps, hw, kernel * kernel, expected_w)
 
 
 def test_float64_module_matches_reference_tightly():

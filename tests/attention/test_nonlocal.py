@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from attnkit import FLASH
 from timm.layers import NonLocalAttn
 
 from visattn import record_attention
@@ -134,18 +135,10 @@ def test_reduction_sets_the_inner_width_with_a_floor_of_one():
     assert NonLocal2d(16, reduction=32).inner == 1
 
 
-def test_fused_path_runs_the_flash_kernel(monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        calls.append(torch._fused_sdp_choice(q, k, v, **kw))
-        return sdpa(q, k, v, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+def test_fused_path_runs_the_flash_kernel(sdpa_calls):
     with torch.no_grad():
         NonLocal2d(32).eval()(torch.randn(2, 32, 9, 11))
-    assert calls == [int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)]
+    assert [backend for _, backend in sdpa_calls] == [FLASH]
 
 
 @pytest.mark.parametrize(
