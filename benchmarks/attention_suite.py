@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import sys
@@ -115,7 +116,7 @@ def slower_than_baselines(rows: list, below: float = 0.95) -> list[str]:
     cases = []
     for r in rows:
         for label, ratio in (("forward", r.fwd_ratio), ("forward + backward", r.fwdbwd_ratio)):
-            if ratio == ratio and ratio < below:  # NaN where not measured
+            if not math.isnan(ratio) and ratio < below:  # NaN where not measured
                 cases.append(f"{r.name} at {r.H}×{r.W} {label} ({r.variant} {1 / ratio:.2f}x faster)")
     if not cases:
         return [f"Every baseline row is at most {1 - below:.0%} faster than visattn's.", ""]

@@ -16,7 +16,6 @@ Usage (repository root, .venv installed):
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from collections import defaultdict
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from _report import machine, write_section
+from goals import naive
 from visattn import create_model
 from visattn.attention.swin import ShiftedWindowAttention, _Layout
 from visattn.bench.baselines import TimmShiftedWindows
@@ -119,7 +119,7 @@ def window_core_rows(steps: int) -> list[str]:
     layout = _Layout(None, None, None, None, None, False)
     cores = {
         "visattn": lambda: module._explicit(q, k, v, bias, layout, 1, (1, 1)),
-        "naive": lambda: ((q @ k.transpose(-2, -1)) / math.sqrt(32) + bias).softmax(-1) @ v,
+        "naive": lambda: naive(q, k, v, bias),
         "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
     }
 

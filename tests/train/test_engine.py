@@ -43,10 +43,9 @@ class PoisonedCNN(AttentionCNN):
 
 
 @pytest.fixture
-def poisoned(monkeypatch):
+def poisoned(monkeypatch) -> None:
     """Registers PoisonedCNN for one test only, so registry-wide tests never see it."""
     monkeypatch.setitem(MODELS._entries, "poisoned_cnn", PoisonedCNN)
-    return PoisonedCNN
 
 
 def config(tmp_path: Path, **extra: object):
@@ -54,7 +53,8 @@ def config(tmp_path: Path, **extra: object):
     return resolve_config(tmp_path / "tiny.yaml", output=tmp_path / "runs", **extra)
 
 
-def test_nan_stops_with_a_message_and_the_last_good_checkpoint_loads(tmp_path, monkeypatch, poisoned):
+@pytest.mark.usefixtures("poisoned")
+def test_nan_stops_with_a_message_and_the_last_good_checkpoint_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(PoisonedCNN, "poison_at", 13)
     cfg = config(tmp_path, model="poisoned_cnn", checkpoint_every=5)
     with pytest.raises(TrainingError, match="the loss is not finite at epoch 1, step 13; stopping"):
@@ -66,7 +66,8 @@ def test_nan_stops_with_a_message_and_the_last_good_checkpoint_loads(tmp_path, m
     assert torch.isfinite(model(torch.randn(2, 1, 28, 28))).all()
 
 
-def test_nan_skip_skips_steps_and_finishes(tmp_path, monkeypatch, poisoned):
+@pytest.mark.usefixtures("poisoned")
+def test_nan_skip_skips_steps_and_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(PoisonedCNN, "poison_at", 75)  # every step from the 75th on
     summary = train(config(tmp_path, model="poisoned_cnn", nan="skip"))
     assert summary["skipped_steps"] == 80 - 74

@@ -125,11 +125,10 @@ class HaloAttention(AttentionModule):
         # (b*b, win*win) mask: no pass over the large tensor to mask it.
         outside = None
         if self.mask_padding:
-            inf = torch.tensor(float("-inf"), device=x.device)
             nbh, nbw = rows.shape[0], cols.shape[0]
             outside = (
-                torch.where(rows < 0, inf, 0.0)[:, None].expand(nbh, nbw, -1).reshape(n_blk, -1),
-                torch.where(cols < 0, inf, 0.0)[None].expand(nbh, nbw, -1).reshape(n_blk, -1),
+                torch.where(rows < 0, float("-inf"), 0.0)[:, None].expand(nbh, nbw, -1).reshape(n_blk, -1),
+                torch.where(cols < 0, float("-inf"), 0.0)[None].expand(nbh, nbw, -1).reshape(n_blk, -1),
             )  # (nBlk, win) each
         mask = self._position_logits(q, outside)  # (B, heads, nBlk, b*b, win*win)
         p = self.attn_drop if self.training else 0.0

@@ -128,13 +128,14 @@ def run_attention_suite(
     if not rate > 0:
         raise ValueError(f"matmul_gflops must be positive, got {matmul_gflops!r}")
     rows: list[Row] = []
+    no_timm = timm_missing()
     for name in names:
         for size in sizes:
             ours = create_attention(name, channels)
             variants: dict[str, nn.Module | str] = {"visattn": ours}
             for variant, build in (BASELINES.get(name, {}) if baselines else {}).items():
-                missing = timm_missing() if variant == "timm" else None
-                variants[variant] = missing or build(ours, size, batch)
+                skip = no_timm if variant == "timm" else None
+                variants[variant] = skip or build(ours, size, batch)
             x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(size))
             case = _measure_case(name, variants, x.to(device), backward, warmup, repeats, device, rate)
             times = ", ".join(f"{r.variant} {r.fwd_ms:.3g} / {r.fwdbwd_ms:.3g} ms" for r in case)
