@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write_text
+from .._io import append_text, atomic_write_text
 from .checkpoint import CheckpointError, check_finite, load_state, read_checkpoint, save_state, save_weights
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,12 @@ class CsvLog:
         rows = []
         if self.path.is_file():
             with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= completed_epochs]
+                # a row cut short by a crash has missing fields: it is dropped with the rest
+                rows = [
+                    r
+                    for r in csv.DictReader(f)
+                    if None not in r.values() and r["epoch"].isdigit() and int(r["epoch"]) <= completed_epochs
+                ]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         writer.writeheader()
@@ -76,8 +81,9 @@ class CsvLog:
         atomic_write_text(self.path, buffer.getvalue())
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.columns, lineterminator="\n").writerow(row)
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, self.columns, lineterminator="\n").writerow(row)
+        append_text(self.path, buffer.getvalue())
 
 
 def save_set(
