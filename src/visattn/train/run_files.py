@@ -1,8 +1,9 @@
 """The files of a run folder: config, metrics, timings, checkpoint sets and their retention.
 
-A checkpoint set is ``<stem>.safetensors`` (weights; the model description and the step in
-its header) plus ``<stem>.state.pt`` (optimizer, scheduler, scaler, EMA, RNG states, data
-position; tensors and plain values only). ``last`` is rewritten at every checkpoint, ``best``
+A checkpoint set is ``<stem>.safetensors`` (weights; the model description, the step and the
+set's stamp in its header) plus ``<stem>.state.pt`` (optimizer, scheduler, scaler, EMA, RNG
+states, data position, the same stamp; tensors and plain values only), published together in
+one atomic step (``checkpoint_set``). ``last`` is rewritten at every checkpoint, ``best``
 when the evaluation improves, and ``step-NNNNNNN`` snapshots are kept for the ``keep`` most
 recent checkpoints, so a damaged ``last`` can fall back to a good earlier set.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from .._io import append_text, atomic_write_text
 from .checkpoint import CheckpointError, check_finite, load_state, read_checkpoint, save_state, save_weights
+from .checkpoint_set import STAMP, check_stamps, new_stamp, publish, recover, recover_all
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +91,30 @@ class CsvLog:
 def save_set(
     run_dir: Path, stem: str, weights: nn.Module, meta: dict[str, Any], state: dict[str, Any]
 ) -> None:
-    """Write one checkpoint set; the state first, so that a set whose weights file exists is
-    complete (a crash in between leaves mismatched steps, which ``load_set`` refuses)."""
+    """Write one checkpoint set, ``<stem>.safetensors`` + ``<stem>.state.pt``, published in one
+    atomic step: after a crash at any moment both files are from the previous save or both from
+    this one (see ``checkpoint_set``). Both carry the set's stamp, which ``load_set`` checks."""
     check_finite(weights.state_dict(), run_dir / f"{stem}.safetensors")
-    save_state(run_dir / f"{stem}.state.pt", state)
-    save_weights(run_dir / f"{stem}.safetensors", weights, {**meta, "step": state["step"]})
+    stamp = new_stamp(state["step"])
+
+    def write(weights_path: Path, state_path: Path) -> None:
+        save_state(state_path, {**state, STAMP: stamp})
+        save_weights(weights_path, weights, {**meta, "step": state["step"], STAMP: stamp})
+
+    publish(run_dir, stem, write)
 
 
 def load_set(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """``(state_dict, meta, training state)`` of a checkpoint set; ``CheckpointError`` naming
-    the file if either part is missing, damaged, unsafe or from a different step."""
+    """``(state_dict, meta, training state)`` of a checkpoint set, after finishing a publication
+    a crash interrupted; ``CheckpointError`` naming the file if either part is missing,
+    damaged, unsafe, or not saved together with the other (stamps or steps differ)."""
+    weights_path = Path(weights_path)
+    stem = weights_path.name.removesuffix(".safetensors")
+    recover(weights_path.parent, stem)
     state_dict, meta = read_checkpoint(weights_path)
-    state_path = weights_path.with_name(weights_path.name.removesuffix(".safetensors") + ".state.pt")
+    state_path = weights_path.with_name(stem + ".state.pt")
     state = load_state(state_path)
+    check_stamps(weights_path, meta.get(STAMP), state_path, state.get(STAMP))
     if state.get("step") != meta.get("step"):
         raise CheckpointError(
             f"{state_path} (step {state.get('step')}) does not belong to {weights_path} "
@@ -119,6 +132,7 @@ def resume_candidates(run_dir: Path, start: Path | None = None) -> list[Path]:
 
 def find_resumable(run_dir: Path, start: Path | None = None) -> tuple[Path, Any]:
     """The newest checkpoint set that loads; each refused one is logged with its reason."""
+    recover_all(run_dir)  # a set whose publication a crash cut short is finished first
     problems = []
     for path in resume_candidates(run_dir, start):
         try:
