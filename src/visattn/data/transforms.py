@@ -57,6 +57,9 @@ class Augment:
         """Augment one uint8 ``(C, H, W)`` image with randomness drawn from ``seed`` only."""
         if self.pipeline is None:
             return image
-        with torch.random.fork_rng(devices=[]):  # leave the training RNG untouched
-            torch.manual_seed(seed)
+        # torchvision's transforms draw from the global CPU generator and take no generator of
+        # their own: seed that one alone and restore it afterwards. ``torch.manual_seed`` would
+        # also reseed every CUDA and MPS generator, resetting the training RNG at each sample.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
             return self.pipeline(image)
