@@ -17,7 +17,7 @@ import torch
 from .._checks import check_choice, check_float, check_int
 from ..registry import Registry
 from .cluttered import make_cluttered
-from .datasets import ClutteredTrainSet, DataBundle, ImageTensorDataset, channel_stats
+from .datasets import TEST_STREAM, ClutteredTrainSet, DataBundle, ImageTensorDataset, channel_stats
 from .folder import BadFiles, ImageFolderDataset, scan_folder
 from .formats import read_cifar_folder, read_mnist_folder
 from .mnist_sample import DataUnavailableError, load_mnist_sample, split_indices
@@ -78,6 +78,7 @@ def load_dataset(name: str, *, data_dir: Path | None = None, **options: object) 
     check_int("image_size", opts.image_size)
     check_float("val_fraction", opts.val_fraction, low=0.0, high=1.0)
     check_float("max_bad_fraction", opts.max_bad_fraction, low=0.0, high=1.0, high_open=False)
+    check_int("seed", opts.seed, minimum=0)
     return builder(opts)
 
 
@@ -114,15 +115,17 @@ def mnist_sample(opts: DataOptions) -> DataBundle:
 @DATASETS.register("cluttered-mnist")
 def cluttered_mnist(opts: DataOptions) -> DataBundle:
     """Cluttered Translated MNIST at 60x60 from the embedded sample. Training: 8,000 canvases
-    an epoch (each of the 4,000 training digits twice), made anew every epoch; test: each of
-    the 1,000 test digits once, always the same. Clutter is cut only from digits of the same
-    split, and the test canvases carry each digit's box. Fresh canvases are the augmentation."""
+    an epoch (each of the 4,000 training digits twice), made anew every epoch from the run's
+    seed, so every seed trains on its own canvases; test: each of the 1,000 test digits once,
+    the same for every seed and epoch, so that runs with different seeds are scored on the
+    same images and stay comparable. Clutter is cut only from digits of the same split, and
+    the test canvases carry each digit's box. Fresh canvases are the augmentation."""
     if opts.augment not in (None, "none"):
         raise ValueError("cluttered-mnist draws fresh canvases every epoch; augment must be 'none'")
     images, labels = load_mnist_sample(opts.data_dir)
     tr, te = split_indices(labels)
-    train = ClutteredTrainSet(images[tr], labels[tr], copies=2)
-    made = make_cluttered(images[te], labels[te], seed=1)
+    train = ClutteredTrainSet(images[tr], labels[tr], copies=2, seed=opts.seed)
+    made = make_cluttered(images[te], labels[te], seed=TEST_STREAM)  # fixed: not the run seed
     test = ImageTensorDataset(
         torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels),
         stats=train.stats, boxes=torch.from_numpy(made.boxes),

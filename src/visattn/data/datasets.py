@@ -14,6 +14,7 @@ from .cluttered import make_cluttered
 from .transforms import Augment, sample_seed
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
+TRAIN_STREAM, TEST_STREAM = 0, 1  # first entropy word of Cluttered MNIST's train and test canvases
 
 
 def channel_stats(images: np.ndarray) -> Stats:
@@ -83,17 +84,31 @@ class ImageTensorDataset(Dataset):
 
 class ClutteredTrainSet(ImageTensorDataset):
     """Training split of Cluttered MNIST whose canvases are made anew for every epoch: each
-    digit lands at fresh positions among fresh clutter, a pure function of the epoch. The
-    normalisation statistics are those of epoch 0."""
+    digit lands at fresh positions among fresh clutter, a pure function of the run's ``seed``
+    and the epoch, so runs with different seeds train on different canvases. The
+    normalisation statistics are those of epoch 0.
 
-    def __init__(self, digits: np.ndarray, labels: np.ndarray, *, copies: int) -> None:
+    Args:
+        digits: uint8 ``(M, 28, 28)`` training digits.
+        labels: ``(M,)`` their classes.
+        copies: canvases per digit and epoch.
+        seed: the run seed (a non-negative int).
+    """
+
+    def __init__(self, digits: np.ndarray, labels: np.ndarray, *, copies: int, seed: int = 0) -> None:
         self.digits, self.digit_labels, self.copies = digits, labels, copies
+        self.canvas_seed = seed
         images, canvas_labels = self._canvases(0)
-        super().__init__(images, canvas_labels, stats=channel_stats(images.numpy()))
+        super().__init__(images, canvas_labels, stats=channel_stats(images.numpy()), seed=seed)
 
     def _canvases(self, epoch: int) -> tuple[Tensor, Tensor]:
+        # TRAIN_STREAM leads the entropy, so no training canvas shares the random stream of a
+        # test canvas (those start with TEST_STREAM) whatever the seed and epoch
         made = make_cluttered(
-            self.digits, self.digit_labels, count=self.copies * len(self.digits), seed=(0, epoch)
+            self.digits,
+            self.digit_labels,
+            count=self.copies * len(self.digits),
+            seed=(TRAIN_STREAM, self.canvas_seed, epoch),
         )
         return torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels)
 
