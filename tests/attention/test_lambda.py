@@ -164,7 +164,7 @@ def test_batchnorm1d_on_query_tokens_has_batchnorm2d_statistics():
         ({"heads": 3}, r"heads must divide channels \(16\), got 3"),
         ({"key_dim": 0}, "key_dim must be an integer >= 1, got 0"),
         ({"r": 4}, "r must be an odd integer >= 1, got 4"),
-        ({"r": 0}, "r must be an integer >= 1, got 0"),
+        ({"r": 0}, "r must be an odd integer >= 1, got 0"),
     ],
 )
 def test_bad_options(kwargs, message):

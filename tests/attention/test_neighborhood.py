@@ -151,7 +151,7 @@ def test_residual_adds_the_input():
     ("options", "message"),
     [
         ({"kernel_size": 4}, "kernel_size must be an odd integer >= 1, got 4"),
-        ({"kernel_size": 0}, "kernel_size must be an integer >= 1, got 0"),
+        ({"kernel_size": 0}, "kernel_size must be an odd integer >= 1, got 0"),
         ({"dilation": 0}, "dilation must be an integer >= 1, got 0"),
         ({"heads": 3}, r"heads must divide channels \(32\) when head_dim is not given, got 3"),
         ({"attn_drop": 1.5}, r"attn_drop must be a number in \[0.0, 1.0\), got 1.5"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from timm.layers import SEModule, make_divisible
+from timm.layers import SEModule
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
 from visattn import record_attention
-from visattn.attention.se import SqueezeExcite, se_hidden_width
+from visattn.attention.se import SqueezeExcite
 
 SIZES = [(1, 1), (7, 5), (16, 16), (33, 17)]
 
@@ -43,14 +43,6 @@ def test_round_to_8_matches_timm_se_module(channels, act, gate, timm_gate):
         for hw in SIZES:
             x = torch.randn(2, channels, *hw)
             close(ours(x), ref(x))
-
-
-def test_hidden_width_rule_matches_timm_make_divisible():
-    for c in range(1, 2049):
-        timm_width = make_divisible(c / 16, 8, round_limit=0.0)
-        assert se_hidden_width(c, 16, 8, 8) == timm_width, c
-        assert se_hidden_width(c, 16, 1, 8) == timm_width, c  # timm's own floor is the divisor
-        assert se_hidden_width(c, 16, 1, 1) == max(1, c // 16), c  # the paper
 
 
 def test_paper_width_by_default_differs_from_timm_where_timm_rounds():
@@ -88,7 +80,8 @@ def test_map_is_the_gate_that_multiplies_the_input():
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("reduction", 0), ("min_hidden", 0), ("round_to", 0), ("round_to", 2.5)]
+    ("option", "value"),
+    [("reduction", 0), ("min_hidden", 0), ("round_to", 0), ("round_to", 2.5), ("hidden", 0)],
 )
 def test_option_validation(option, value):
     with pytest.raises(ValueError, match=rf"{option} must be an integer >= 1, got {value!r}"):

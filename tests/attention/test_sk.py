@@ -66,6 +66,16 @@ def test_split_input_matches_timm_default(channels):
     compare(ours, ref, channels)
 
 
+def test_explicit_hidden_matches_timm_where_its_rounding_differs():
+    # C = 144: timm rounds 9 down to 8, then adds 8 (a loss over 10 %); C // 16 is 9.
+    ref = TimmSelectiveKernel(144).eval()
+    assert ref.attn.fc_reduce.out_channels == 16 and SelectiveKernel(144, min_hidden=8).hidden == 9
+    ours = SelectiveKernel(144, split_input=True, groups=1, hidden=16).eval()
+    randomize(ref)
+    copy_from_timm(ours, ref)
+    compare(ours, ref, 144)
+
+
 @pytest.mark.parametrize("channels", [32, 64])
 def test_paper_default_matches_timm_without_split(channels):
     ours = SelectiveKernel(channels).eval()

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 @ATTENTION.register("bam")
@@ -39,8 +40,10 @@ class BAM(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: the paper's ratio r for both branches' hidden width ``C // r``.
-        min_hidden: lower bound of the hidden width.
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. Both branches
+            use it.
         dilation: dilation of the two 3x3 convolutions of the spatial branch (4 in the
             paper); padding equals the dilation, so H x W is kept at any size.
         act_layer: activation inside both branches, called with no arguments.
@@ -68,16 +71,19 @@ class BAM(AttentionModule):
         *,
         reduction: int = 16,
         min_hidden: int = 8,
+        round_to: int = 1,
+        hidden: int | None = None,
         dilation: int = 4,
         act_layer: Callable[[], nn.Module] = nn.ReLU,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.dilation = check_int("dilation", dilation)
-        self.hidden = hid = max(min_hidden, channels // reduction)
+        hid = self.hidden
         # Channel branch on the pooled (B, C, 1, 1) vector: MLP, then the paper's BN.
         self.channel_branch = nn.Sequential(
             nn.Conv2d(channels, hid, 1),

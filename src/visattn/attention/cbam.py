@@ -28,9 +28,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int, check_odd
+from .._checks import check_odd
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 @ATTENTION.register("cbam")
@@ -39,9 +40,9 @@ class CBAM(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: the paper's ratio r; the hidden width is ``C // r`` before the floor.
-        min_hidden: lower bound of the hidden width.
-        hidden: explicit hidden width, overriding ``reduction`` and ``min_hidden``.
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself.
         kernel_size: side of the spatial convolution (odd; 7 in the paper).
         mlp_bias: biases in the shared MLP (the paper's ``W0``, ``W1`` have none).
         act_layer: activation inside the MLP, called with no arguments.
@@ -68,6 +69,7 @@ class CBAM(AttentionModule):
         *,
         reduction: int = 16,
         min_hidden: int = 8,
+        round_to: int = 1,
         hidden: int | None = None,
         kernel_size: int = 7,
         mlp_bias: bool = False,
@@ -76,10 +78,9 @@ class CBAM(AttentionModule):
         spatial_norm: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
-        width = max(min_hidden, channels // reduction) if hidden is None else hidden
-        self.hidden = check_int("hidden", width)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.kernel_size = check_odd("kernel_size", kernel_size)
         # One MLP for both descriptors (Eq. 2 shares W0 and W1).
         self.mlp = nn.Sequential(

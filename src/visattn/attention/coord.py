@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 @ATTENTION.register("coord")
@@ -35,9 +35,10 @@ class CoordinateAttention(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: the paper's ratio r (32).
-        min_hidden: lower bound of the hidden width (8 in the authors' code).
-        hidden: explicit hidden width, overriding ``reduction`` and ``min_hidden``.
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. The paper's r is
+            32, the authors' code floors at 8.
         bias: biases in the three 1x1 convolutions.
         act_layer: the shared activation (h-swish), called with no arguments.
         norm_layer: norm after the shared convolution, called with the hidden width.
@@ -62,6 +63,7 @@ class CoordinateAttention(AttentionModule):
         *,
         reduction: int = 32,
         min_hidden: int = 8,
+        round_to: int = 1,
         hidden: int | None = None,
         bias: bool = True,
         act_layer: Callable[[], nn.Module] = nn.Hardswish,
@@ -69,10 +71,9 @@ class CoordinateAttention(AttentionModule):
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
-        width = max(min_hidden, channels // reduction) if hidden is None else hidden
-        self.hidden = check_int("hidden", width)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.conv = nn.Conv2d(channels, self.hidden, 1, bias=bias)
         self.norm = norm_layer(self.hidden)
         self.act = act_layer()

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 @ATTENTION.register("danet")
@@ -38,8 +39,10 @@ class DualAttention(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: query / key width of the position module is ``max(1, C // reduction)``
-            (paper: 8).
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. The query / key
+            width ``inner`` of the position module (paper: C / 8).
         cam_energy: ``"max_minus"`` (authors' code) or ``"paper"`` (eq. 3), see the module
             docstring.
         branches: ``"both"``, ``"position"`` or ``"channel"``.
@@ -61,14 +64,18 @@ class DualAttention(AttentionModule):
         channels: int,
         *,
         reduction: int = 8,
+        min_hidden: int = 1,
+        round_to: int = 1,
+        hidden: int | None = None,
         cam_energy: str = "paper",
         branches: str = "both",
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
         self.cam_energy = check_choice("cam_energy", cam_energy, ("max_minus", "paper"))
         self.branches = check_choice("branches", branches, ("both", "position", "channel"))
-        self.inner = max(1, channels // reduction)
+        self.inner = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         if branches != "channel":
             self.qkv = nn.Linear(channels, 2 * self.inner + channels)  # query | key | value
             self.gamma_position = nn.Parameter(torch.zeros(1))

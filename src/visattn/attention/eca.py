@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from .._checks import check_odd
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -37,12 +38,6 @@ def _check_real(name: str, value: object, *, positive: bool) -> float:
         return float(value)
     allowed = "a finite number > 0" if positive else "a finite number"
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _check_odd(name: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1:
-        return value
-    raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
 
 
 @ATTENTION.register("eca")
@@ -85,10 +80,10 @@ class EfficientChannelAttention(AttentionModule):
         super().__init__(channels)
         gamma = _check_real("gamma", gamma, positive=True)
         beta = _check_real("beta", beta, positive=False)
-        min_kernel_size = _check_odd("min_kernel_size", min_kernel_size)
+        min_kernel_size = check_odd("min_kernel_size", min_kernel_size)
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta, min_kernel_size)
-        self.kernel_size = _check_odd("kernel_size", kernel_size)
+        self.kernel_size = check_odd("kernel_size", kernel_size)
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.gate = gate_layer()
 

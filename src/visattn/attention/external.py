@@ -22,9 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_heads, check_int
+from .._checks import check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 @ATTENTION.register("external")

@@ -29,9 +29,10 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 FUSIONS = ("add", "scale", "both")
 
@@ -71,8 +72,9 @@ class GlobalContext(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: bottleneck ratio r; the hidden width is ``max(min_hidden, C // r)``.
-        min_hidden: lower bound of the hidden width.
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself.
         fusion: ``"add"`` (the paper), ``"scale"`` (timm's default) or ``"both"``.
         act_layer: activation inside the transform, called with no arguments.
         gate_layer: gate of the multiplicative fusion, called with no arguments; it must
@@ -99,6 +101,8 @@ class GlobalContext(AttentionModule):
         *,
         reduction: int = 16,
         min_hidden: int = 8,
+        round_to: int = 1,
+        hidden: int | None = None,
         fusion: str = "add",
         act_layer: Callable[[], nn.Module] = nn.ReLU,
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
@@ -106,10 +110,10 @@ class GlobalContext(AttentionModule):
         zero_init_last: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.fusion = check_choice("fusion", fusion, FUSIONS)
-        self.hidden = max(min_hidden, channels // reduction)
         # W_k of the paper: one logit per position, a 1x1 convolution to a single channel.
         self.key = nn.Linear(channels, 1, bias=False)
         nn.init.kaiming_normal_(self.key.weight, mode="fan_in", nonlinearity="relu")

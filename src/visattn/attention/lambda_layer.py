@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_heads, check_int
+from .._checks import check_int, check_odd
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 class _LambdaConv(torch.autograd.Function):
@@ -142,9 +143,7 @@ class LambdaLayer(AttentionModule):
         super().__init__(channels)
         self.heads = check_heads(channels, heads)
         self.key_dim = check_int("key_dim", key_dim)
-        if check_int("r", r) % 2 == 0:
-            raise ValueError(f"r must be an odd integer >= 1, got {r}")
-        self.r = r
+        self.r = check_odd("r", r)
         self.value_dim = channels // heads
         self.residual = residual
         self.qkv = nn.Conv2d(channels, (heads + 1) * key_dim + self.value_dim, 1, bias=qkv_bias)

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_heads
+from .._checks import check_float
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 def elu_feature_map(x: Tensor) -> Tensor:

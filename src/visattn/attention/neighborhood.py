@@ -24,10 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_int
+from .._checks import check_float, check_int, check_odd
 from ..functional import attention, grid_index, neighborhood_index
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import head_width
 
 
 @ATTENTION.register("neighborhood")
@@ -75,21 +76,13 @@ class NeighborhoodAttention(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__(channels)
-        if check_int("kernel_size", kernel_size) % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
-        self.kernel_size = kernel_size
+        self.kernel_size = check_odd("kernel_size", kernel_size)
         self.dilation = check_int("dilation", dilation)
-        self.heads = check_int("heads", heads)
-        if head_dim is None:
-            if channels % heads:
-                raise ValueError(
-                    f"heads must divide channels ({channels}) when head_dim is not given, got {heads}"
-                )
-            head_dim = channels // heads
-        self.head_dim = check_int("head_dim", head_dim)
+        self.head_dim = head_width(channels, heads, head_dim)
+        self.heads = heads
         self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
         self.residual = residual
-        inner = heads * head_dim
+        inner = heads * self.head_dim
         self.qkv = nn.Linear(channels, 3 * inner, bias=qkv_bias)
         self.proj = nn.Linear(inner, channels)
         self.proj_drop = nn.Dropout(check_float("proj_drop", proj_drop, low=0.0, high=1.0))

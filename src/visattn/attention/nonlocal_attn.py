@@ -21,10 +21,11 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 @ATTENTION.register("nonlocal")
@@ -33,7 +34,10 @@ class NonLocal2d(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: inner width is ``max(1, channels // reduction)`` (paper: 2).
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. The inner width
+            ``inner`` of theta, phi and g (paper: C / 2).
         scale: ``"none"`` (paper), ``"inner"`` (``1/sqrt(inner)``, authors' code) or
             ``"input"`` (``1/sqrt(channels)``, timm).
         subsample: max-pool phi and g by 2 (ceil for odd sizes): N/4 keys.
@@ -57,15 +61,19 @@ class NonLocal2d(AttentionModule):
         channels: int,
         *,
         reduction: int = 2,
+        min_hidden: int = 1,
+        round_to: int = 1,
+        hidden: int | None = None,
         scale: str = "none",
         subsample: bool = False,
         norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
         self.scale = check_choice("scale", scale, ("none", "inner", "input"))
         self.subsample = subsample
-        self.inner = max(1, channels // reduction)
+        self.inner = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.theta_phi_g = nn.Linear(channels, 3 * self.inner)  # theta | phi | g
         self.out = nn.Conv2d(self.inner, channels, 1)  # the paper's W
         self.norm = norm_layer(channels) if norm_layer is not None else nn.Identity()

@@ -6,7 +6,8 @@ Wu, TPAMI 2020), arXiv:1709.01507.
 Deviations from the paper: none by default. The paper's hidden width is ``C // r``; at the
 small widths this toolkit also serves (C = 16 with r = 16 gives one hidden unit) the width is
 floored at ``min_hidden`` (8). ``round_to=8`` rounds the width to the nearest multiple of 8
-as timm's ``SEModule`` does (``make_divisible``), which reproduces timm exactly.
+as timm's ``SEModule`` does (``make_divisible``), which reproduces timm exactly (the rule:
+``parts.hidden_width``).
 
 Reference checked against: timm ``timm.layers.SEModule`` (``round_to=8``) and
 ``torchvision.ops.SqueezeExcitation`` (same weights, outputs within 1e-5).
@@ -18,22 +19,9 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .._checks import check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
-
-
-def se_hidden_width(channels: int, reduction: int, min_hidden: int, round_to: int) -> int:
-    """``channels // reduction`` rounded to the nearest multiple of ``round_to`` (ties up, at
-    least ``round_to``), then at least ``min_hidden``.
-
-    Rounding the integer ``C // r`` gives the same multiple as rounding the real ``C / r``
-    for every even ``round_to`` (timm rounds the real value with divisor 8).
-    """
-    width = channels // reduction
-    if round_to > 1:
-        width = max(round_to, (width + round_to // 2) // round_to * round_to)
-    return max(min_hidden, width)
+from .parts import hidden_width
 
 
 @ATTENTION.register("se")
@@ -42,10 +30,9 @@ class SqueezeExcite(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: the paper's ratio r; the hidden width is ``C // r`` before the floor.
-        min_hidden: lower bound of the hidden width.
-        round_to: round the hidden width to the nearest multiple of this (1: the paper's
-            ``C // r``; 8: timm's ``make_divisible``).
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. ``round_to=8`` is timm's ``make_divisible``.
         act_layer: activation between the two layers (the paper's delta), called with no
             arguments.
         gate_layer: the gate (the paper's sigma), called with no arguments; it must map to
@@ -70,14 +57,14 @@ class SqueezeExcite(AttentionModule):
         reduction: int = 16,
         min_hidden: int = 8,
         round_to: int = 1,
+        hidden: int | None = None,
         act_layer: Callable[[], nn.Module] = nn.ReLU,
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
-        self.round_to = check_int("round_to", round_to)
-        self.hidden = se_hidden_width(channels, reduction, min_hidden, round_to)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         # Linear layers on the pooled vector: the same function as 1x1 convolutions on a
         # (B, C, 1, 1) tensor, without the 4-D round trip.
         self.fc1 = nn.Linear(channels, self.hidden)

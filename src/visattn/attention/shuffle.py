@@ -32,14 +32,14 @@ from torch import Tensor, nn
 from .._checks import check_float, check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import largest_divisor
 
 
 def shuffle_groups(channels: int, groups: int) -> int:
     """The largest G <= ``groups`` with ``channels % (2 G) == 0``."""
     if channels % 2:
         raise ValueError(f"ShuffleAttention needs an even number of channels, got {channels}")
-    half = channels // 2
-    return max(g for g in range(1, min(groups, half) + 1) if half % g == 0)
+    return largest_divisor(channels // 2, groups)
 
 
 @ATTENTION.register("shuffle")

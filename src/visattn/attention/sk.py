@@ -18,8 +18,9 @@ the paper and in timm.
 
 timm's ``SelectiveKernel`` differs by default: ``split_input=True`` feeds each branch a
 1/M slice of the channels (not in the paper), groups = 1, and d is rounded to a multiple of
-8 with no floor L. ``split_input=True, groups=1, min_hidden=8`` reproduces it wherever
-timm's rounded d equals ``max(C // 16, 8)`` (C <= 128 or a multiple of 128).
+8 with no floor L (and up by 8 more where that loses over 10 %). ``split_input=True,
+groups=1, min_hidden=8`` reproduces it wherever timm's d equals ``max(C // 16, 8)`` (C <= 128
+or a multiple of 128), and with ``hidden`` set to timm's d at every C.
 
 Reference checked against: timm ``timm.layers.SelectiveKernel`` with and without
 ``split_input`` (same weights, outputs within 1e-5).
@@ -35,11 +36,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import ATTENTION
 from .base import AttentionModule
-
-
-def _largest_divisor(width: int, out_width: int, limit: int) -> int:
-    common = math.gcd(width, out_width)
-    return max(g for g in range(1, min(limit, common) + 1) if common % g == 0)
+from .parts import hidden_width, largest_divisor
 
 
 def _check_kernels(kernel_sizes: object) -> tuple[int, ...]:
@@ -59,8 +56,10 @@ class SelectiveKernel(AttentionModule):
         kernel_sizes: receptive field of each branch (M = its length), odd, >= 3.
         dilate: realise a k x k branch as a 3x3 convolution with dilation ``(k - 1) // 2``.
         groups: upper bound of the groups of each branch convolution.
-        reduction: the paper's r; ``d = max(C // r, min_hidden)``.
-        min_hidden: the paper's L, the floor of d.
+        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
+            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
+            or ``hidden`` itself. This is the
+            paper's d, with r = ``reduction`` and L = ``min_hidden``.
         split_input: give each branch its own 1/M slice of the input channels (timm's
             variant; C must then be divisible by M).
         act_layer: activation after each norm, called with no arguments.
@@ -88,6 +87,8 @@ class SelectiveKernel(AttentionModule):
         groups: int = 32,
         reduction: int = 16,
         min_hidden: int = 32,
+        round_to: int = 1,
+        hidden: int | None = None,
         split_input: bool = False,
         act_layer: Callable[[], nn.Module] = nn.ReLU,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
@@ -95,8 +96,6 @@ class SelectiveKernel(AttentionModule):
         super().__init__(channels)
         self.kernel_sizes = _check_kernels(kernel_sizes)
         self.groups = check_int("groups", groups)
-        self.reduction = check_int("reduction", reduction)
-        self.min_hidden = check_int("min_hidden", min_hidden)
         self.split_input = split_input
         branches = len(self.kernel_sizes)
         if split_input and channels % branches:
@@ -105,8 +104,10 @@ class SelectiveKernel(AttentionModule):
                 f"({branches}, from kernel_sizes={self.kernel_sizes})"
             )
         in_width = channels // branches if split_input else channels
-        self.branch_groups = _largest_divisor(in_width, channels, groups)
-        self.hidden = max(min_hidden, channels // reduction)
+        self.branch_groups = largest_divisor(math.gcd(in_width, channels), groups)
+        self.hidden = hidden_width(
+            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
+        )
         self.branches = nn.ModuleList()
         for k in self.kernel_sizes:
             kernel, dilation = (3, (k - 1) // 2) if dilate else (k, 1)

@@ -30,13 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float, check_heads, check_int
+from .._checks import check_choice, check_float, check_int
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads, pad_to_multiple
 
 
 def adaptive_mean_matrix(size: int, bins: int, *, like: Tensor) -> Tensor:
@@ -138,7 +138,7 @@ class SpatialReductionAttention(AttentionModule):
             return x.flatten(2).transpose(1, 2), (H, W)  # (B, N, C)
         r = self.sr_ratio
         # Zero-pad to multiples of R so that the border positions also reach a key.
-        x = F.pad(x, (0, (-W) % r, 0, (-H) % r))  # (B, C, R*h, R*w)
+        x = pad_to_multiple(x, r)  # (B, C, R*h, R*w)
         reduced = self.sr(x)  # (B, C, h, w)
         h, w = reduced.shape[-2:]
         return self.norm(reduced.flatten(2).transpose(1, 2)), (h, w)  # (B, h*w, C)

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_heads
+from .._checks import check_float
 from ..functional import attention
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 @ATTENTION.register("xca")
