@@ -1,9 +1,13 @@
 """Recording attention maps: ``with record_attention(model) as maps: model(x)``.
 
 Recording switches every visattn attention module inside the model to its explicit path
-(fused kernels never expose their weights) and collects each module's map, detached, keyed
-by the module's qualified name in forward order. No hooks, no global state: the flag and
-the slot live on the modules and are restored when the block exits.
+(fused kernels never expose their weights) and collects each module's map keyed by the
+module's qualified name in forward order. The attention layers of timm and torchvision
+models (and ``nn.MultiheadAttention``) are recorded too: for the duration of the block each
+gets an instance-level forward that computes its own attention explicitly
+(``visattn.recorders``). No global state: flags, slots and patches live on the modules and
+are undone when the block exits, errors included. Maps are detached unless the recording
+asks for gradients.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from . import recorders
 from .attention.base import AttentionModule
 
 #: Documented map kinds and shapes (see ``AttentionModule.keep_map``).
@@ -27,6 +32,7 @@ class _Record:
     kind: str
     grid: tuple[int, int] | None
     keys: Tensor | None
+    prefix: int
 
 
 class AttentionMaps(Mapping[str, Tensor]):
@@ -34,11 +40,16 @@ class AttentionMaps(Mapping[str, Tensor]):
 
     A module with several maps stores them as ``name:part``. A module that runs twice
     inside one recording stores its second map as ``name#1``, its third as ``name#2``, and
-    so on. ``kind``, ``grid`` and ``keys_index`` describe each map (see
+    so on. ``kind``, ``grid``, ``keys_index`` and ``prefix_tokens`` describe each map (see
     ``AttentionModule.keep_map``).
+
+    Args:
+        grad: keep the maps in the autograd graph (for gradient-based explanations);
+            otherwise they are detached as they arrive.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, grad: bool = False) -> None:
+        self.grad = grad
         self._records: dict[str, _Record] = {}
 
     def _add(
@@ -50,6 +61,7 @@ class AttentionMaps(Mapping[str, Tensor]):
         grid: tuple[int, int] | None = None,
         keys: Tensor | None = None,
         part: str | None = None,
+        prefix: int = 0,
     ) -> None:
         if kind not in MAP_KINDS:
             raise ValueError(f"map kind must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
@@ -58,7 +70,8 @@ class AttentionMaps(Mapping[str, Tensor]):
         while key in self._records:
             calls += 1
             key = f"{base}#{calls}"
-        self._records[key] = _Record(attn, kind, None if grid is None else tuple(grid), keys)
+        kept = attn if self.grad else attn.detach()
+        self._records[key] = _Record(kept, kind, None if grid is None else tuple(grid), keys, prefix)
 
     def kind(self, name: str) -> str:
         """The map's kind: channel, spatial, softmax, window or gate."""
@@ -73,6 +86,11 @@ class AttentionMaps(Mapping[str, Tensor]):
         """For window maps, ``(H*W, K)``: the flat position behind each window slot, -1 for
         padding."""
         return self._records[name].keys
+
+    def prefix_tokens(self, name: str) -> int:
+        """Leading keys of a softmax map that are not patches (class, distillation and
+        register tokens of a vision transformer); its patch keys follow them."""
+        return self._records[name].prefix
 
     def __getitem__(self, name: str) -> Tensor:
         return self._records[name].attn
@@ -89,11 +107,20 @@ class AttentionMaps(Mapping[str, Tensor]):
 
 
 @contextmanager
-def record_attention(model: nn.Module) -> Iterator[AttentionMaps]:
-    """Record the attention maps of every visattn attention module inside ``model``.
+def record_attention(model: nn.Module, *, grad: bool = False) -> Iterator[AttentionMaps]:
+    """Record the attention maps of every attention module inside ``model``: visattn's,
+    timm's ``Attention`` and Swin ``WindowAttention``, torchvision's Swin
+    ``ShiftedWindowAttention`` and PyTorch's ``nn.MultiheadAttention`` (torchvision's ViT).
 
     Shapes by kind: channel gates ``(B, C)``; spatial gates ``(B, 1, H, W)``; softmax
     attention ``(B, heads, Nq, Nk)``; windowed attention ``(B, heads, H*W, window area)``.
+    Vision-transformer maps carry the patch ``grid`` and the number of leading non-patch
+    tokens (``AttentionMaps.prefix_tokens``).
+
+    Args:
+        model: any model.
+        grad: keep the maps in the autograd graph so that their gradients can be taken
+            (``torch.autograd.grad(score, list(maps.values()))``); detached otherwise.
 
     Example:
         >>> model = visattn.create_model("attention_cnn", num_classes=10, in_channels=1)
@@ -102,15 +129,19 @@ def record_attention(model: nn.Module) -> Iterator[AttentionMaps]:
         >>> list(maps), maps.kind("attn")
         (['attn'], 'softmax')
     """
-    maps = AttentionMaps()
+    maps = AttentionMaps(grad=grad)
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionModule)]
     saved = [(m.recording, m._map_sink) for _, m in modules]
-    for name, module in modules:
-        module.recording = True
-        module._map_sink = partial(maps._add, name or type(module).__name__)
+    restores: list[recorders.Restore] = []
     try:
+        for name, module in modules:
+            module.recording = True
+            module._map_sink = partial(maps._add, name or type(module).__name__)
+        restores = recorders.install(model, lambda name: partial(maps._add, name))
         yield maps
     finally:
+        for restore in restores:
+            restore()
         for (_, module), (recording, sink) in zip(modules, saved, strict=True):
             module.recording = recording
             module._map_sink = sink

@@ -2,8 +2,9 @@
 
 Softmax and window maps whose keys are spatial positions become the attention each
 position *receives*, averaged over heads and queries: where the network gathers its
-evidence from. Spatial gates ``(B, 1, h, w)`` are used as they are. All are resized to the
-input with bilinear interpolation and scaled to [0, 1] per image. Channel gates, and softmax
+evidence from. A vision transformer's leading class and register keys are left out.
+Spatial gates ``(B, 1, h, w)`` are used as they are. All are resized to the input with
+bilinear interpolation and scaled to [0, 1] per image. Channel gates, and softmax
 maps over channels or memory slots, carry no spatial information and are refused.
 """
 
@@ -36,6 +37,7 @@ def map_to_heatmap(
     size: tuple[int, int],
     *,
     keys: Tensor | None = None,
+    prefix: int = 0,
 ) -> Tensor:
     """One recorded map -> ``(B, H, W)`` heat in [0, 1] at the input ``size`` (H, W).
 
@@ -45,9 +47,11 @@ def map_to_heatmap(
         grid: its grid (``AttentionMaps.grid``).
         size: the input image size.
         keys: the slot-to-position index of a window map (``AttentionMaps.keys_index``).
+        prefix: leading keys of a softmax map that are not positions
+            (``AttentionMaps.prefix_tokens``).
     """
-    if kind == "softmax" and grid is not None and attn.ndim == 4 and attn.shape[-1] == grid[0] * grid[1]:
-        heat = attn.float().mean(dim=(1, 2)).view(-1, 1, *grid)  # (B, 1, h, w)
+    if _is_spatial_softmax(attn, kind, grid, prefix):
+        heat = attn[..., prefix:].float().mean(dim=(1, 2)).view(-1, 1, *grid)  # (B, 1, h, w)
     elif kind == "window" and grid is not None and keys is not None:
         heat = received_attention(attn, keys, grid[0] * grid[1]).view(-1, 1, *grid)
     elif kind == "spatial" and attn.ndim == 4 and attn.shape[1] == 1:
@@ -63,9 +67,25 @@ def map_to_heatmap(
     return (heat - low) / span.clamp_min(torch.finfo(heat.dtype).tiny)
 
 
+def _is_spatial_softmax(attn: Tensor, kind: str, grid: tuple[int, int] | None, prefix: int) -> bool:
+    return (
+        kind == "softmax"
+        and grid is not None
+        and attn.ndim == 4
+        and attn.shape[-1] == prefix + grid[0] * grid[1]
+    )
+
+
 def maps_heatmap(maps: AttentionMaps, name: str, size: tuple[int, int]) -> Tensor:
     """``map_to_heatmap`` for the recorded map ``name``."""
-    return map_to_heatmap(maps[name], maps.kind(name), maps.grid(name), size, keys=maps.keys_index(name))
+    return map_to_heatmap(
+        maps[name],
+        maps.kind(name),
+        maps.grid(name),
+        size,
+        keys=maps.keys_index(name),
+        prefix=maps.prefix_tokens(name),
+    )
 
 
 def spatial_map_names(maps: AttentionMaps) -> list[str]:
@@ -74,7 +94,7 @@ def spatial_map_names(maps: AttentionMaps) -> list[str]:
     for name, attn in maps.items():
         kind, grid = maps.kind(name), maps.grid(name)
         if (
-            (kind == "softmax" and grid is not None and attn.shape[-1] == grid[0] * grid[1])
+            _is_spatial_softmax(attn, kind, grid, maps.prefix_tokens(name))
             or (kind == "window" and grid is not None and maps.keys_index(name) is not None)
             or (kind == "spatial" and attn.ndim == 4 and attn.shape[1] == 1)
         ):
@@ -101,7 +121,10 @@ def model_heatmap(
         logits = model(images)
     names = spatial_map_names(maps)
     if not names:
-        raise ValueError("the model recorded no spatial attention map (is its attention 'none'?)")
+        raise ValueError(
+            "the model recorded no spatial attention map (is its attention 'none'?); "
+            "a CAM method (gradcam, gradcam++, hirescam) explains any network"
+        )
     if layer is None:
         layer = names[-1]
     elif layer not in names:
