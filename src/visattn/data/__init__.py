@@ -8,6 +8,7 @@ split) that checkpoints carry along.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from .cluttered import make_cluttered
 from .datasets import TEST_STREAM, ClutteredTrainSet, DataBundle, ImageTensorDataset, channel_stats
 from .folder import BadFiles, ImageFolderDataset, scan_folder
 from .formats import read_cifar_folder, read_mnist_folder
+from .image_size import resolve_image_size
 from .mnist_sample import DataUnavailableError, load_mnist_sample, split_indices
 from .transforms import PRESETS, Augment
 
+log = logging.getLogger(__name__)
 DATASETS = Registry("dataset")
 DIGITS = [str(d) for d in range(10)]
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -47,7 +50,9 @@ class DataOptions:
             sets, where their cache goes (the user cache folder when ``None``).
         augment: training augmentation preset (``none``, ``basic``, ``trivial``); ``None``
             picks the data set's default.
-        image_size: side of the square training images of image folders.
+        image_size: side of the square training images of image folders; ``None`` chooses
+            the size from the images (``image_size.resolve_image_size``: their own size when
+            they share one, else the median shorter side, capped at 224).
         val_fraction: share of each class held out when an image folder has no val/ split.
         max_bad_fraction: refuse an image folder with more unusable files than this.
         seed: seeds the image-folder split and the augmentation draws.
@@ -55,7 +60,7 @@ class DataOptions:
 
     data_dir: Path | None = None
     augment: str | None = None
-    image_size: int = 224
+    image_size: int | None = None
     val_fraction: float = 0.1
     max_bad_fraction: float = 0.05
     seed: int = 0
@@ -75,7 +80,8 @@ def load_dataset(name: str, *, data_dir: Path | None = None, **options: object) 
     opts = DataOptions(data_dir=None if data_dir is None else Path(data_dir), **options)
     if opts.augment is not None:
         check_choice("augment", opts.augment, PRESETS)
-    check_int("image_size", opts.image_size)
+    if opts.image_size is not None:
+        check_int("image_size", opts.image_size)
     check_float("val_fraction", opts.val_fraction, low=0.0, high=1.0)
     check_float("max_bad_fraction", opts.max_bad_fraction, low=0.0, high=1.0, high_open=False)
     check_int("seed", opts.seed, minimum=0)
@@ -164,13 +170,16 @@ DATASETS.register("cifar100")(_cifar_builder("cifar100"))
 @DATASETS.register("imagefolder")
 def imagefolder(opts: DataOptions) -> DataBundle:
     """Class-per-sub-folder images in --data-dir, with train/ and val/ (or test/) sub-folders
-    or a seeded, stratified split (``val_fraction``); RGB at ``image_size``."""
+    or a seeded, stratified split (``val_fraction``); RGB at ``image_size``, chosen from the
+    training images' sizes when ``None`` (see ``image_size.resolve_image_size``)."""
     root = _needs_dir(opts, "imagefolder")
-    bad = BadFiles()
+    bad, sizes = BadFiles(), []
     splits, classes = scan_folder(
-        root, val_fraction=opts.val_fraction, seed=opts.seed, max_bad_fraction=opts.max_bad_fraction, bad=bad
-    )
-    size = (opts.image_size, opts.image_size)
+        root, val_fraction=opts.val_fraction, seed=opts.seed, max_bad_fraction=opts.max_bad_fraction, bad=bad,
+        sizes=sizes,
+    )  # fmt: skip
+    size, note = resolve_image_size(sizes, requested=opts.image_size)
+    log.info("image size %s", note)
     unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     probe = ImageFolderDataset(*splits["train"], size=size, stats=unit, augment=None, bad=bad)
     picks = np.random.default_rng(opts.seed).permutation(len(probe))[:256]  # statistics from a sample
@@ -180,4 +189,7 @@ def imagefolder(opts: DataOptions) -> DataBundle:
         *splits["train"], size=size, stats=stats, augment=augment, bad=bad, seed=opts.seed
     )
     test = ImageFolderDataset(*splits["test"], size=size, stats=stats, augment=None, bad=bad)
-    return DataBundle("imagefolder", train, test, classes, stats, 3, size, bad_files=bad.reasons)
+    return DataBundle(
+        "imagefolder", train, test, classes, stats, 3, size,
+        bad_files=bad.reasons, image_size=size, size_note=note,
+    )  # fmt: skip

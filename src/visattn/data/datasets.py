@@ -121,7 +121,15 @@ class ClutteredTrainSet(ImageTensorDataset):
 
 @dataclass(frozen=True)
 class DataBundle:
-    """Both splits of a data set and what a model trained on it must know."""
+    """Both splits of a data set and what a model trained on it must know.
+
+    Attributes:
+        input_size: ``(H, W)`` of the images the model sees.
+        bad_files: path -> reason of each file left out, shared with the splits.
+        image_size: the training size resolved from the ``image_size`` option (image folders;
+            ``None`` for data sets whose images have one fixed size).
+        size_note: one line saying how the training size was chosen, for the run's log.
+    """
 
     name: str
     train: Dataset
@@ -130,7 +138,9 @@ class DataBundle:
     stats: Stats
     in_channels: int
     input_size: tuple[int, int]
-    bad_files: dict[str, str] = field(default_factory=dict)  # path -> reason, shared with the splits
+    bad_files: dict[str, str] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    size_note: str = ""
 
     @classmethod
     def in_memory(
@@ -138,4 +148,5 @@ class DataBundle:
     ) -> DataBundle:
         """A bundle whose geometry and statistics are read off in-memory training images."""
         _, c, h, w = train.images.shape
-        return cls(name, train, test, classes, train.stats, int(c), (int(h), int(w)))
+        note = f"{h}x{w}: the data set's fixed size"
+        return cls(name, train, test, classes, train.stats, int(c), (int(h), int(w)), size_note=note)

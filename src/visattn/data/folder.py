@@ -41,27 +41,32 @@ class BadFiles:
             self.reasons[str(path)] = reason
 
 
-def check_image(path: Path) -> str | None:
-    """Why ``path`` cannot be used as an image, or ``None`` if it looks sound. Cheap: header
-    and checksums (PNG), end-of-image marker (JPEG); no full decode."""
+def inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None]:
+    """``(reason, None)`` when ``path`` cannot be used as an image, else ``(None, (H, W))``.
+    Cheap: header and checksums (PNG), end-of-image marker (JPEG); no full decode."""
     try:
-        size = path.stat().st_size
-        if size == 0:
-            return "empty file"
+        nbytes = path.stat().st_size
+        if nbytes == 0:
+            return "empty file", None
         with Image.open(path) as img:
-            fmt = img.format
+            fmt, (w, h) = img.format, img.size
             img.verify()
         if fmt == "JPEG":
             with path.open("rb") as f:
-                f.seek(max(0, size - 2))
+                f.seek(max(0, nbytes - 2))
                 if f.read(2) != b"\xff\xd9":
-                    return "truncated JPEG (no end-of-image marker)"
+                    return "truncated JPEG (no end-of-image marker)", None
     except UnidentifiedImageError:
-        return "not an image"
+        return "not an image", None
     except (OSError, SyntaxError, ValueError) as err:
         kind = "truncated" if "truncat" in str(err).lower() else "unreadable"
-        return f"{kind} image ({err})"
-    return None
+        return f"{kind} image ({err})", None
+    return None, (h, w)
+
+
+def check_image(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or ``None`` if it looks sound."""
+    return inspect_image(path)[0]
 
 
 def _class_tree(root: Path) -> dict[str, list[Path]]:
@@ -71,9 +76,12 @@ def _class_tree(root: Path) -> dict[str, list[Path]]:
 
 
 def scan_folder(
-    root: Path, *, val_fraction: float, seed: int, max_bad_fraction: float, bad: BadFiles
-) -> tuple[dict[str, tuple[list[Path], list[int]]], list[str]]:
-    """``({"train": (files, labels), "test": (files, labels)}, class names)``."""
+    root: Path, *, val_fraction: float, seed: int, max_bad_fraction: float, bad: BadFiles,
+    sizes: list[tuple[int, int]] | None = None,
+) -> tuple[dict[str, tuple[list[Path], list[int]]], list[str]]:  # fmt: skip
+    """``({"train": (files, labels), "test": (files, labels)}, class names)``; the ``(H, W)``
+    of every usable training image is appended to ``sizes`` when given (read while checking
+    the files, at no extra cost)."""
     split_dirs = {
         "train": root / "train",
         "test": next((root / n for n in ("val", "test") if (root / n).is_dir()), None),
@@ -103,10 +111,12 @@ def scan_folder(
         for label, name in enumerate(classes):
             for f in tree.get(name, []):
                 total += 1
-                reason = check_image(f)
+                reason, hw = inspect_image(f)
                 if reason is None:
                     files.append(f)
                     labels.append(label)
+                    if sizes is not None and split == "train":
+                        sizes.append(hw)
                 else:
                     bad.add(f, reason)
         if not files:
@@ -124,7 +134,9 @@ class ImageFolderDataset(Dataset):
     """Decodes files on demand into uint8 RGB tensors of ``size``, then normalises.
 
     Training images go through ``augment`` (a random resized crop for large images);
-    evaluation images are resized (shorter side to size / 0.875) and centre-cropped.
+    evaluation images are resized (shorter side to size / 0.875) and centre-cropped. An image
+    that already has the training size is used as it is, so a folder of images of one size
+    trains and is evaluated on its pixels unresampled.
     """
 
     def __init__(
@@ -160,12 +172,16 @@ class ImageFolderDataset(Dataset):
                 self.bad.add(path, f"failed to decode ({err})")
         raise DataUnavailableError("no image of the split can be decoded")
 
+    def fit(self, raw: Tensor) -> Tensor:
+        """uint8 ``(3, h, w)`` -> ``(3, *size)``: resize and centre-crop, unless it fits already."""
+        return raw if tuple(raw.shape[1:]) == tuple(self.size) else self._fit(raw)
+
     def image(self, index: int) -> Tensor:
         raw = self.decode(index)
         if self.augment is None:
-            return self._fit(raw)
+            return self.fit(raw)
         seed = sample_seed(self.seed, self.epoch, index)
-        return self.augment(raw if self._raw_crop else self._fit(raw), seed)
+        return self.augment(raw if self._raw_crop else self.fit(raw), seed)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])
