@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visattn import attention
-from visattn.functional import _as_4d, sincos_2d
+from visattn.functional import sincos_2d
+from visattn.kernels import _as_4d
 
 
 def reference(q, k, v, mask=None, scale=None):
