@@ -42,8 +42,7 @@ class BAM(AttentionModule):
         channels: input and output width C.
         reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
             ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
-            or ``hidden`` itself. Both branches
-            use it.
+            or ``hidden`` itself. Both branches use it.
         dilation: dilation of the two 3x3 convolutions of the spatial branch (4 in the
             paper); padding equals the dilation, so H x W is kept at any size.
         act_layer: activation inside both branches, called with no arguments.

@@ -37,8 +37,7 @@ class CoordinateAttention(AttentionModule):
         channels: input and output width C.
         reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
             ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
-            or ``hidden`` itself. The paper's r is
-            32, the authors' code floors at 8.
+            or ``hidden`` itself. The paper's r is 32; the authors' code floors at 8.
         bias: biases in the three 1x1 convolutions.
         act_layer: the shared activation (h-swish), called with no arguments.
         norm_layer: norm after the shared convolution, called with the hidden width.

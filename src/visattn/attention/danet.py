@@ -39,10 +39,10 @@ class DualAttention(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
-            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
-            or ``hidden`` itself. The query / key
-            width ``inner`` of the position module (paper: C / 8).
+        reduction, min_hidden, round_to, hidden: the query / key width ``inner`` of the
+            position module (``parts.hidden_width``): ``C // reduction`` rounded to a
+            multiple of ``round_to``, at least ``min_hidden``; or ``hidden`` itself (paper:
+            C / 8).
         cam_energy: ``"max_minus"`` (authors' code) or ``"paper"`` (eq. 3), see the module
             docstring.
         branches: ``"both"``, ``"position"`` or ``"channel"``.

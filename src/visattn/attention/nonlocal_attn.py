@@ -34,10 +34,9 @@ class NonLocal2d(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
-            ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
-            or ``hidden`` itself. The inner width
-            ``inner`` of theta, phi and g (paper: C / 2).
+        reduction, min_hidden, round_to, hidden: the width ``inner`` of theta, phi and g
+            (``parts.hidden_width``): ``C // reduction`` rounded to a multiple of
+            ``round_to``, at least ``min_hidden``; or ``hidden`` itself (paper: C / 2).
         scale: ``"none"`` (paper), ``"inner"`` (``1/sqrt(inner)``, authors' code) or
             ``"input"`` (``1/sqrt(channels)``, timm).
         subsample: max-pool phi and g by 2 (ceil for odd sizes): N/4 keys.

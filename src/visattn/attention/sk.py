@@ -58,8 +58,7 @@ class SelectiveKernel(AttentionModule):
         groups: upper bound of the groups of each branch convolution.
         reduction, min_hidden, round_to, hidden: the hidden width (``parts.hidden_width``):
             ``C // reduction`` rounded to a multiple of ``round_to``, at least ``min_hidden``;
-            or ``hidden`` itself. This is the
-            paper's d, with r = ``reduction`` and L = ``min_hidden``.
+            or ``hidden`` itself: the paper's d, with r = ``reduction`` and L = ``min_hidden``.
         split_input: give each branch its own 1/M slice of the input channels (timm's
             variant; C must then be divisible by M).
         act_layer: activation after each norm, called with no arguments.
