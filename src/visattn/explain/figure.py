@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._checks import check_choice
 from .._io import atomic_write
 from .heatmap import model_heatmap
 
@@ -34,7 +35,8 @@ def save_attention_grid(
         heat: ``(B, H, W)`` in [0, 1].
         probs: ``(B, classes)`` class probabilities.
         classes: class names.
-        labels: optional true classes ``(B,)``, shown beside the prediction.
+        labels: optional true classes ``(B,)``, shown beside the prediction; a negative label
+            marks an image without one (a user's own file), shown with its prediction only.
         boxes: optional object boxes ``(B, 4)`` ``(x0, y0, x1, y1)``, drawn on both panels.
         top: how many classes to list per image.
         title: optional figure title.
@@ -69,7 +71,7 @@ def save_attention_grid(
         ax_heat.set_title("attention (+ peak)" if i == 0 else "", fontsize=9)
         p, idx = probs[i].detach().cpu().topk(min(top, probs.shape[1]))
         names = [classes[j] for j in idx.tolist()]
-        truth = None if labels is None else int(labels[i])
+        truth = None if labels is None or int(labels[i]) < 0 else int(labels[i])
         colors = ["tab:green" if truth == j else "tab:gray" for j in idx.tolist()]
         ax_bar.barh(range(len(names))[::-1], p.numpy(), color=colors)
         ax_bar.set_yticks(range(len(names))[::-1], names)
@@ -84,6 +86,61 @@ def save_attention_grid(
     plt.close(fig)
 
 
+CHOICES = ("varied", "in-order")
+POOL = 256  # test images whose predictions a varied choice looks at
+
+
+def pick_examples(labels: Tensor, predicted: Tensor, count: int) -> list[int]:
+    """Indices of ``count`` images that show a model at work: about a quarter of them (at
+    least one, when there is one) misclassified, spread over their true classes; the rest
+    spread so that every class appears before any class appears twice, correct images first
+    within a class. Rows come grouped by true class. Without labels (all negative) the first
+    ``count`` are taken.
+
+    Args:
+        labels: ``(N,)`` true classes, negative where unknown.
+        predicted: ``(N,)`` predicted classes.
+        count: how many to pick (at most ``N``).
+
+    Example:
+        >>> pick_examples(torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1, 2]), 4)
+        [0, 2, 3, 5]
+    """
+    truth, guess = labels.tolist(), predicted.tolist()
+    if all(t < 0 for t in truth):
+        return list(range(min(count, len(truth))))
+    wrong = [i for i, (t, g) in enumerate(zip(truth, guess, strict=True)) if t >= 0 and t != g]
+    right = sorted(set(range(len(truth))) - set(wrong))
+    shown: dict[int, int] = {}
+    chosen = _spread(wrong, truth, min(len(wrong), max(1, count // 4)), shown)
+    # the rest: correct images first within each class, mistakes where a class has no other
+    chosen += _spread(right + [i for i in wrong if i not in chosen], truth, count - len(chosen), shown)
+    return sorted(chosen, key=lambda i: (truth[i], i))
+
+
+def _spread(pool: list[int], truth: list[int], k: int, shown: dict[int, int]) -> list[int]:
+    """Take ``k`` of ``pool``, always from the class shown least so far (``shown`` counts)."""
+    queues: dict[int, list[int]] = {}
+    for i in pool:
+        queues.setdefault(truth[i], []).append(i)
+    taken = []
+    while len(taken) < k and any(queues.values()):
+        cls = min((c for c, q in queues.items() if q), key=lambda c: (shown.get(c, 0), c))
+        taken.append(queues[cls].pop(0))
+        shown[cls] = shown.get(cls, 0) + 1
+    return taken
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, dataset: Dataset, idx: list[int], device: torch.device | str) -> Tensor:
+    """Predicted classes ``(len(idx),)`` of images ``idx``, 64 at a time."""
+    out = []
+    for lo in range(0, len(idx), 64):
+        x, _ = dataset.__getitems__(idx[lo : lo + 64])
+        out.append(model(x.to(device)).argmax(dim=1).cpu())
+    return torch.cat(out)
+
+
 def save_model_attention(
     model: nn.Module,
     dataset: Dataset,
@@ -94,15 +151,27 @@ def save_model_attention(
     count: int = 8,
     start: int = 0,
     layer: str | None = None,
+    choose: str = "varied",
 ) -> str:
-    """Draw the attention grid of ``model`` on ``count`` images of ``dataset`` from ``start``
-    and write it to ``path``. Returns the name of the attention layer shown."""
-    idx = list(range(start, min(start + count, len(dataset))))
+    """Draw the attention grid of ``model`` on ``count`` images of ``dataset`` and write it to
+    ``path``. Returns the name of the attention layer shown.
+
+    Args:
+        choose: ``"varied"`` picks among the ``POOL`` images from ``start`` a mix of classes
+            and mistakes (``pick_examples``); ``"in-order"`` takes ``count`` images from
+            ``start`` as they come (a user's own files).
+    """
+    check_choice("choose", choose, CHOICES)
+    stop = min(start + (max(count, POOL) if choose == "varied" else count), len(dataset))
+    idx = list(range(start, stop))
     if not idx:
         raise ValueError(f"no images to draw: the data set has {len(dataset)}, start is {start}")
-    x, y = dataset.__getitems__(idx)
     was_training = model.training
     model.eval()
+    if choose == "varied":
+        labels = dataset.labels[idx]
+        idx = [idx[i] for i in pick_examples(labels, _predict(model, dataset, idx, device), count)]
+    x, y = dataset.__getitems__(idx)
     logits, heat, layer = model_heatmap(model, x.to(device), layer=layer)
     model.train(was_training)
     mean, std = (torch.tensor(s, dtype=torch.float32).view(1, -1, 1, 1) for s in dataset.stats)
