@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import matplotlib.axes
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from visattn import create_model
 from visattn.data import ImageTensorDataset
@@ -87,3 +89,36 @@ def test_the_run_figure_shows_several_classes_and_a_mistake(tmp_path, monkeypatc
     assert in_order["labels"].tolist() == labels[11:14].tolist()
     with pytest.raises(ValueError, match="choose must be one of 'varied', 'in-order'"):
         save_model_attention(model, data, list("abcd"), tmp_path / "x.png", choose="best")
+
+
+def test_attention_maps_on_own_files_claims_no_true_class(tmp_path, titles):
+    from typer.testing import CliRunner
+
+    from visattn.cli import app
+    from visattn.train.checkpoint import save_weights
+
+    model = create_model("attention_cnn", num_classes=10, in_channels=1, widths=(8, 8), strides=(2, 2))
+    meta = {
+        "model": "attention_cnn", "model_kwargs": {"widths": [8, 8], "strides": [2, 2]}, "num_classes": 10,
+        "in_channels": 1, "classes": [str(d) for d in range(10)], "dataset": "mnist-sample",
+        "input_size": [28, 28], "mean": [0.13], "std": [0.31],
+    }  # fmt: skip
+    save_weights(tmp_path / "model.safetensors", model, meta)
+    files = []
+    for n in range(2):
+        files.append(tmp_path / f"mine-{n}.png")
+        Image.fromarray(np.random.default_rng(n).integers(0, 255, (28, 28), dtype=np.uint8), "L").save(
+            files[-1]
+        )
+    args = [
+        "attention-maps",
+        "--checkpoint",
+        tmp_path / "model.safetensors",
+        *files,
+        "--output",
+        tmp_path / "m.png",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    rows = [t for t in titles if t.startswith("predicted")]
+    assert len(rows) == 2 and not any("true" in t for t in rows), rows

@@ -393,14 +393,15 @@ def attention_maps_command(
             raise FileNotFoundError(f"folder {output.parent} does not exist")
         dev = resolve_device(device)
         model, meta = load_model(checkpoint, device=dev)
-        if images:
-            shown = _files_as_dataset(images, meta)
+        if images:  # the user's files, in their order, without labels
+            shown, choose = _files_as_dataset(images, meta), "in-order"
             start, count = 0, len(images)
-        else:
-            shown = _compatible_data(meta, dataset, data_dir)[0].test
+        else:  # test images from --start: several classes, some mistakes
+            shown, choose = _compatible_data(meta, dataset, data_dir)[0].test, "varied"
         layer = save_model_attention(
-            model, shown, meta["classes"], output, device=dev, count=count, start=start, layer=layer
-        )
+            model, shown, meta["classes"], output, device=dev, count=count, start=start, layer=layer,
+            choose=choose,
+        )  # fmt: skip
     console.print(f"wrote [cyan]{escape(str(output))}[/cyan] (attention of {escape(layer)})")
 
 
