@@ -139,3 +139,15 @@ def test_state_round_trip(tmp_path):
     back = load_state(tmp_path / "s.pt")
     assert back["epoch"] == 2 and torch.equal(back["rng"], state["rng"])
     assert json.dumps(back["optimizer"]["param_groups"])  # plain values only
+
+
+def test_checkpoint_files_get_the_mode_of_the_umask(tmp_path):
+    # safetensors and torch.save reopen the temporary file by name: the mode must survive that
+    old = os.umask(0o022)
+    try:
+        save_weights(tmp_path / "last.safetensors", tiny(), META)
+        save_state(tmp_path / "last.state.pt", {"step": 1})
+    finally:
+        os.umask(old)
+    for name in ("last.safetensors", "last.state.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -65,3 +65,4 @@ class Registry:
 
 ATTENTION = Registry("attention")
 MODELS = Registry("model")
+EXPLAINERS = Registry("explanation method")
