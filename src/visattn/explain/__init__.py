@@ -1,4 +1,5 @@
-"""Explanations: attention maps as per-pixel heat maps, localisation scores and figures."""
+"""Explanations: per-pixel maps from attention, rollout, gradients and CAMs; localisation
+scores and figures."""
 
 from .figure import save_attention_grid, save_confusion_matrix, save_model_attention
 from .heatmap import (
@@ -9,8 +10,10 @@ from .heatmap import (
     received_attention,
     spatial_map_names,
 )
+from .methods import explain
 
 __all__ = [
+    "explain",
     "map_to_heatmap",
     "maps_heatmap",
     "model_heatmap",

@@ -1,0 +1,146 @@
+"""Attention rollout and gradient-weighted attention over a transformer's global maps.
+
+- ``rollout``: Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"
+  (arXiv:2005.00928). Every layer's heads are fused (mean, max or min), the residual path is
+  added as the identity, ``A = 0.5 W + 0.5 I`` with rows renormalised, and the layers are
+  multiplied, ``A_L ... A_1``. The optional discard ratio (the weakest fused weights of each
+  layer set to 0 before the identity is added) follows the widely used vit-explain variant;
+  unlike it, no entry is exempt.
+- ``grad-attention``: Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability"
+  (arXiv:2103.15679), its self-attention rule: ``R = I``, then for every layer
+  ``R += mean_heads((dy/dA * A)^+) R``, with ``y`` the target logit.
+
+With a class token the map is its row of the product over the patch keys; without one
+(mean-pooled transformers, CNNs with a global attention block) it is the relevance each
+position receives, averaged over the queries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..maps import AttentionMaps, record_attention
+from ..registry import EXPLAINERS
+from .request import HEAD_FUSIONS, Request, evaluating, takes, upsample
+
+
+def fuse_heads(attn: Tensor, how: str) -> Tensor:
+    """``(B, heads, N, N)`` -> ``(B, N, N)`` by ``how`` in mean, max, min."""
+    if how not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {how!r}")
+    if how == "mean":
+        return attn.mean(dim=1)
+    return attn.amax(dim=1) if how == "max" else attn.amin(dim=1)
+
+
+def discard_weakest(fused: Tensor, ratio: float) -> Tensor:
+    """Zero the ``ratio`` fraction of smallest entries of each ``(N, N)`` matrix of ``fused``."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {ratio}")
+    flat = fused.flatten(1)  # (B, N*N)
+    drop = int(flat.shape[1] * ratio)
+    if drop == 0:
+        return fused
+    weakest = flat.topk(drop, dim=1, largest=False).indices
+    return flat.scatter(1, weakest, 0.0).view_as(fused)
+
+
+def rollout_matrix(layers: list[Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0) -> Tensor:
+    """Attention rollout of ``(B, heads, N, N)`` maps in forward order -> ``(B, N, N)``."""
+    joint = None
+    for attn in layers:
+        fused = discard_weakest(fuse_heads(attn.double(), head_fusion), discard_ratio)
+        step = fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+        step = step / step.sum(dim=-1, keepdim=True)  # 0.5 W + 0.5 I for rows that sum to 1
+        joint = step if joint is None else step @ joint
+    if joint is None:
+        raise ValueError("rollout needs at least one attention map")
+    return joint
+
+
+def relevance_matrix(layers: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """Chefer et al.'s relevance of ``(B, heads, N, N)`` maps and their gradients -> ``(B, N, N)``."""
+    relevance = None
+    for attn, grad in zip(layers, grads, strict=True):
+        weighted = (grad.double() * attn.double()).clamp_min(0).mean(dim=1)  # (B, N, N)
+        if relevance is None:
+            relevance = torch.eye(attn.shape[-1], dtype=weighted.dtype, device=attn.device).expand_as(
+                weighted
+            )
+        relevance = relevance + weighted @ relevance
+    if relevance is None:
+        raise ValueError("grad-attention needs at least one attention map")
+    return relevance
+
+
+def token_heat(joint: Tensor, prefix: int, grid: tuple[int, int]) -> Tensor:
+    """``(B, N, N)`` token-to-token matrix -> ``(B, h, w)`` over the patch grid."""
+    per_key = joint[:, 0, prefix:] if prefix > 0 else joint.mean(dim=1)  # (B, h*w)
+    return per_key.reshape(-1, *grid)
+
+
+def global_maps(maps: AttentionMaps) -> tuple[list[str], tuple[int, int], int]:
+    """Names of the maps a rollout runs through, with their patch grid and prefix count.
+
+    Raises ``ValueError`` when the model recorded no global self-attention over positions,
+    or maps over different token sets (rollout multiplies them, so they must match).
+    """
+    names, shapes = [], set()
+    for name, attn in maps.items():
+        grid, prefix = maps.grid(name), maps.prefix_tokens(name)
+        kind = maps.kind(name)
+        if (
+            kind == "softmax"
+            and grid is not None
+            and attn.shape[-1] == attn.shape[-2] == prefix + grid[0] * grid[1]
+        ):
+            names.append(name)
+            shapes.add((grid, prefix))
+    if not names:
+        kinds = sorted({maps.kind(n) for n in maps})
+        found = f"it recorded {', '.join(kinds)} maps" if kinds else "it recorded no attention"
+        raise ValueError(
+            f"rollout and grad-attention need global self-attention over positions; {found}. "
+            "A CAM method (gradcam, gradcam++, hirescam) explains any network"
+        )
+    if len(shapes) > 1:
+        raise ValueError(f"rollout needs every attention map over the same tokens, got {sorted(shapes)}")
+    ((grid, prefix),) = shapes
+    return names, grid, prefix
+
+
+@EXPLAINERS.register("rollout")
+@takes("head_fusion", "discard_ratio")
+def rollout(request: Request) -> Tensor:
+    """Attention rollout (class-agnostic): ``(B, H, W)``."""
+    with evaluating(request.model), torch.no_grad(), record_attention(request.model) as maps:
+        logits = request.model(request.images)
+    request.classes(logits)  # the map does not depend on it, but a bad target is still refused
+    names, grid, prefix = global_maps(maps)
+    joint = rollout_matrix(
+        [maps[n] for n in names], head_fusion=request.head_fusion, discard_ratio=request.discard_ratio
+    )
+    return upsample(token_heat(joint, prefix, grid), request.size)
+
+
+@EXPLAINERS.register("grad-attention")
+@takes()
+def grad_attention(request: Request) -> Tensor:
+    """Gradient-weighted attention relevance for the target class: ``(B, H, W)``."""
+    # An input that requires grad keeps the graph even when every parameter is frozen.
+    images = request.images.detach().requires_grad_(True)
+    with evaluating(request.model), torch.enable_grad(), record_attention(request.model, grad=True) as maps:
+        logits = request.model(images)
+    names, grid, prefix = global_maps(maps)
+    detached = [n for n in names if not maps[n].requires_grad]
+    if detached:
+        raise ValueError(
+            f"grad-attention needs attention weights in the autograd graph; {', '.join(detached)} "
+            "recorded detached maps"
+        )
+    score = logits.gather(1, request.classes(logits.detach())[:, None]).sum()
+    grads = torch.autograd.grad(score, [maps[n] for n in names], allow_unused=True)
+    grads = [torch.zeros_like(maps[n]) if g is None else g for n, g in zip(names, grads, strict=True)]
+    relevance = relevance_matrix([maps[n].detach() for n in names], grads)
+    return upsample(token_heat(relevance, prefix, grid), request.size)
