@@ -78,11 +78,8 @@ class BAM(AttentionModule):
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hid = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.dilation = check_int("dilation", dilation)
-        hid = self.hidden
         # Channel branch on the pooled (B, C, 1, 1) vector: MLP, then the paper's BN.
         self.channel_branch = nn.Sequential(
             nn.Conv2d(channels, hid, 1),

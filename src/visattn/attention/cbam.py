@@ -78,9 +78,7 @@ class CBAM(AttentionModule):
         spatial_norm: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__(channels)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.kernel_size = check_odd("kernel_size", kernel_size)
         # One MLP for both descriptors (Eq. 2 shares W0 and W1).
         self.mlp = nn.Sequential(

@@ -70,9 +70,7 @@ class CoordinateAttention(AttentionModule):
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.conv = nn.Conv2d(channels, self.hidden, 1, bias=bias)
         self.norm = norm_layer(self.hidden)
         self.act = act_layer()

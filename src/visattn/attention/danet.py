@@ -73,9 +73,7 @@ class DualAttention(AttentionModule):
         super().__init__(channels)
         self.cam_energy = check_choice("cam_energy", cam_energy, ("max_minus", "paper"))
         self.branches = check_choice("branches", branches, ("both", "position", "channel"))
-        self.inner = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.inner = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         if branches != "channel":
             self.qkv = nn.Linear(channels, 2 * self.inner + channels)  # query | key | value
             self.gamma_position = nn.Parameter(torch.zeros(1))

@@ -110,9 +110,7 @@ class GlobalContext(AttentionModule):
         zero_init_last: bool = True,
     ) -> None:
         super().__init__(channels)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         # W_k of the paper: one logit per position, a 1x1 convolution to a single channel.
         self.key = nn.Linear(channels, 1, bias=False)

@@ -70,9 +70,7 @@ class NonLocal2d(AttentionModule):
         super().__init__(channels)
         self.scale = check_choice("scale", scale, ("none", "inner", "input"))
         self.subsample = subsample
-        self.inner = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.inner = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.theta_phi_g = nn.Linear(channels, 3 * self.inner)  # theta | phi | g
         self.out = nn.Conv2d(self.inner, channels, 1)  # the paper's W
         self.norm = norm_layer(channels) if norm_layer is not None else nn.Identity()

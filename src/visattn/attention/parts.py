@@ -19,21 +19,15 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+# check_heads is defined beside the other argument checks and re-exported here, so that a
+# mechanism takes every head and width helper from this module.
 from .._checks import check_heads, check_int
 
-__all__ = [
-    "check_heads",
-    "head_width",
-    "hidden_width",
-    "largest_divisor",
-    "pad_to_multiple",
-    "round_up",
-]
+__all__ = ["check_heads", "head_width", "hidden_width", "largest_divisor", "pad_to_multiple", "round_up"]
 
 
 def head_width(channels: int, heads: Any, head_dim: Any = None) -> int:
-    """The width of each head, for mechanisms whose heads may be wider or narrower than
-    ``channels / heads``.
+    """The width of each head where it may differ from ``channels / heads``.
 
     Args:
         channels: the input width C.
@@ -55,7 +49,7 @@ def head_width(channels: int, heads: Any, head_dim: Any = None) -> int:
 
 
 def hidden_width(
-    channels: int, *, reduction: Any, min_hidden: Any = 1, round_to: Any = 1, hidden: Any = None
+    channels: int, reduction: Any, min_hidden: Any = 1, round_to: Any = 1, hidden: Any = None
 ) -> int:
     """The reduced width of a bottleneck, a gate's MLP or a query/key projection.
 

@@ -62,9 +62,7 @@ class SqueezeExcite(AttentionModule):
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__(channels)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         # Linear layers on the pooled vector: the same function as 1x1 convolutions on a
         # (B, C, 1, 1) tensor, without the 4-D round trip.
         self.fc1 = nn.Linear(channels, self.hidden)

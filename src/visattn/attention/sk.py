@@ -104,9 +104,7 @@ class SelectiveKernel(AttentionModule):
             )
         in_width = channels // branches if split_input else channels
         self.branch_groups = largest_divisor(math.gcd(in_width, channels), groups)
-        self.hidden = hidden_width(
-            channels, reduction=reduction, min_hidden=min_hidden, round_to=round_to, hidden=hidden
-        )
+        self.hidden = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.branches = nn.ModuleList()
         for k in self.kernel_sizes:
             kernel, dilation = (3, (k - 1) // 2) if dilate else (k, 1)
