@@ -1,14 +1,9 @@
 """Arithmetic the mechanisms share: head and width checks, the hidden-width rule, padding.
 
-Every mechanism with a reduced inner width takes the same four options and resolves them
-with ``hidden_width`` (the rule and its formula are in that function's docstring):
-
-- ``reduction`` (int r): the papers' ratio; the width starts from ``C // r``.
-- ``min_hidden``: floor of the width.
-- ``round_to``: round the width to the nearest multiple of this (1: no rounding).
-- ``hidden``: an explicit width, overriding the three above.
-
-They play the parts of timm's ``rd_ratio`` (as ``1 / reduction``), ``rd_divisor`` and
+Every mechanism with a reduced inner width takes the same four options, resolved by
+``hidden_width`` (the rule and its formula are there): ``reduction`` (the papers' integer
+ratio r), ``min_hidden`` (a floor), ``round_to`` (a multiple to round to) and ``hidden`` (an
+explicit width). They stand for timm's ``rd_ratio`` (``1 / reduction``), ``rd_divisor`` and
 ``rd_channels``; each mechanism's defaults reproduce its paper (see its module docstring).
 """
 
