@@ -49,10 +49,16 @@ def test_file_is_fsynced_before_and_folder_after_the_rename(tmp_path, monkeypatc
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_files_get_the_mode_of_the_umask(tmp_path, umask, mask, mode):
     umask(mask)
-    text, blob = tmp_path / "metrics.csv", tmp_path / "last.safetensors"
+    text, blob, own = tmp_path / "metrics.csv", tmp_path / "figure.png", tmp_path / "last.safetensors"
     atomic_write_text(text, "x\n")
     atomic_write(blob, lambda tmp: tmp.write_bytes(b"\0" * 8))  # a writer that reopens by path
-    for path in (text, blob):
+
+    def private(tmp):  # a writer that makes a file of its own, as safetensors does (0o600)
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+    atomic_write(own, private)
+    for path in (text, blob, own):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 

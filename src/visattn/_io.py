@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,8 +60,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """
     path = Path(path)
     tmp = _create_temporary(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, as the system applied it
     try:
         write(tmp)
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:  # a writer that made its own file (safetensors: 0o600)
+            os.chmod(tmp, mode)
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
