@@ -30,7 +30,8 @@ from rich.table import Table
 
 from .attention import ATTENTION
 from .catalog import catalog, catalog_markdown, model_cost, models_markdown
-from .data import DATASETS, DataUnavailableError, ImageTensorDataset, load_dataset
+from .cli_options import schema_parameters, with_parameters
+from .data import DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
 from .export import ExportError, export_checkpoint, load_onnx_predictor
@@ -44,7 +45,7 @@ from .train import (
     resolve_config,
     resolve_device,
 )
-from .train.config import resume_config
+from .train.config import TrainConfig, resume_config
 from .train.loop import LogReporter, train
 from .train.run_files import latest_run_dir
 
@@ -119,9 +120,7 @@ class RichReporter:
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"
-            ),
+            TextColumn("{task.fields[values]}  {task.fields[rate]:.0f} img/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -137,92 +136,76 @@ class RichReporter:
         self.progress.start()
         self.task = self.progress.add_task(
             "train", total=epochs * steps_per_epoch, completed=start,
-            epoch=f"{start // steps_per_epoch + 1}/{epochs}", loss=0.0, acc=0.0, rate=0.0,
+            epoch=f"{start // steps_per_epoch + 1}/{epochs}", values="", rate=0.0,
         )  # fmt: skip
 
-    def step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
+    def message(self, text: str) -> None:
+        self.progress.console.print(escape(text), highlight=False)
+
+    def step(self, epoch: int, step: int, values: dict[str, float], images_per_s: float) -> None:
         self.progress.update(
             self.task,
             completed=(epoch - 1) * self.steps + step,
             epoch=f"{epoch}/{self.epochs}",
-            loss=loss,
-            acc=accuracy,
+            values="  ".join(f"{k} {v:.3f}" for k, v in values.items()),
             rate=images_per_s,
         )
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
-        m = {k: float(v) for k, v in metrics.items() if v != ""}
-        self.progress.console.print(
-            f"epoch {metrics['epoch']:>3}  train loss {m['train_loss']:.4f}  "
-            f"acc {m['train_accuracy']:.2%}  |  test loss {m['test_loss']:.4f}  acc {m['test_accuracy']:.2%}"
-            + ("" if "pointing_game" not in m else f"  pointing {m['pointing_game']:.1%}")
-            + f"  |  {m['train_images_per_s']:.0f} img/s, {m['epoch_seconds']:.1f} s"
-        )
+        self.progress.console.print(epoch_line(metrics), highlight=False)
 
-    def close(self) -> None:
-        self.progress.stop()
+
+def epoch_line(metrics: dict[str, Any]) -> str:
+    """One line per epoch: the task's training and test metrics, then the speed."""
+    shown = [
+        f"{k.replace('_', ' ')} {float(v):.4f}"
+        for k, v in metrics.items()
+        if k.startswith(("train_", "test_", "pointing")) and k != "train_images_per_s" and v != ""
+    ]
+    speed = f"{float(metrics['train_images_per_s']):.0f} img/s, {float(metrics['epoch_seconds']):.1f} s"
+    return f"epoch {metrics['epoch']:>3}  " + "  ".join(shown) + f"  |  {speed}"
 
 
 Opt = typer.Option
 
 
-@app.command("train")
 def train_command(
-    model: Annotated[str | None, Opt(help="Model name (see `visattn models`).")] = None,
-    attention: Annotated[str | None, Opt(help="Attention name (see `visattn attention`) or 'none'.")] = None,
-    dataset: Annotated[str | None, Opt(help=f"Data set: {', '.join(DATASETS.names())}.")] = None,
-    data_dir: Annotated[Path | None, Opt(help="Folder holding (or caching) the data.")] = None,
-    epochs: Annotated[int | None, Opt(help="Number of epochs.")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", "-b", help="Global batch per step.")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    opt: Annotated[str | None, Opt(help="Optimizer: adamw or sgd (Nesterov momentum).")] = None,
-    momentum: Annotated[float | None, Opt(help="SGD momentum.")] = None,
-    weight_decay: Annotated[float | None, Opt(help="Weight decay (not on biases and norms).")] = None,
-    sched: Annotated[str | None, Opt(help="Schedule: cosine or step, after a linear warm-up.")] = None,
-    warmup: Annotated[float | None, Opt(help="Fraction of the steps spent warming up.")] = None,
-    smoothing: Annotated[float | None, Opt(help="Label smoothing.")] = None,
-    clip_grad: Annotated[float | None, Opt(help="Clip the gradient norm to this value.")] = None,
-    grad_accum_steps: Annotated[int | None, Opt(help="Batches accumulated per optimizer step.")] = None,
-    model_ema_decay: Annotated[float | None, Opt(help="Keep an EMA of the weights with this decay.")] = None,
-    augment: Annotated[str | None, Opt(help="Augmentation: none, basic (crop+flip) or trivial.")] = None,
-    img_size: Annotated[int | None, Opt(help="Image folders: training image side.")] = None,
-    val_fraction: Annotated[float | None, Opt(help="Image folders without val/: held-out share.")] = None,
-    max_bad_fraction: Annotated[float | None, Opt(help="Image folders: unusable files allowed.")] = None,
-    amp: Annotated[str | None, Opt(help="Mixed precision: auto (bf16 on CUDA), none, bf16 or fp16.")] = None,
-    channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
-    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
-    deterministic: Annotated[bool | None, Opt("--deterministic/--no-deterministic")] = None,
-    sync_bn: Annotated[
-        bool | None, Opt("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.")
-    ] = None,
-    nan: Annotated[str | None, Opt(help="On a non-finite loss: stop or skip the step.")] = None,
-    checkpoint_every: Annotated[int | None, Opt(help="Also checkpoint every N steps.")] = None,
-    keep: Annotated[int | None, Opt(help="Step checkpoints kept besides last and best.")] = None,
-    tensorboard: Annotated[bool | None, Opt("--tensorboard/--no-tensorboard")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
-    output: Annotated[Path | None, Opt(help="Parent folder of the run folders.")] = None,
-    device: Annotated[str | None, Opt(help="auto, cpu, cuda or mps.")] = None,
-    workers: Annotated[int | None, Opt("--workers", "-j", help="Data-loading worker processes.")] = None,
+    *,
     config: Annotated[Path | None, Opt(help="YAML config; flags override its values.")] = None,
     resume: Annotated[
-        str | None, Opt(help="'last' (newest run under --output) or a run folder/checkpoint.")
+        str | None,
+        Opt(
+            help="'last' (newest run under --output; falls back to an older snapshot if its last "
+            "checkpoint is damaged) or a run folder or checkpoint file (loaded as it is, or not at all)."
+        ),
     ] = None,
+    allow_device_change: Annotated[
+        bool,
+        Opt("--allow-device-change", help="With --resume: go on from a checkpoint of another device type."),
+    ] = False,
+    **flags: Any,
 ) -> None:
-    """Train a model (default: AttentionCNN with self-attention on Cluttered MNIST)."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "resume")}
+    """Train a model (default: AttentionCNN with self-attention on Cluttered MNIST).
+
+    Every option is a field of the run configuration (``TrainConfig``); a YAML file given with
+    --config holds the same keys, and flags override it.
+    """
     with user_errors():
         if resume is None:
             cfg, start = resolve_config(config, **flags), None
         else:
             if config is not None:
                 raise ValueError("--resume continues a run with its own config; drop --config")
-            start = latest_run_dir(output or Path("runs")) if resume == "last" else Path(resume)
+            start = latest_run_dir(flags.get("output") or Path("runs")) if resume == "last" else Path(resume)
             if not start.exists():
                 raise FileNotFoundError(f"nothing to resume at {start}")
             cfg = resume_config(start if start.is_dir() else start.parent, **flags)
         reporter = RichReporter() if console.is_terminal else LogReporter()
         try:
-            summary = train(cfg, reporter=reporter, resume=start)
+            summary = train(
+                cfg, reporter=reporter, resume=start, fallback=resume == "last",
+                allow_device_change=allow_device_change,
+            )  # fmt: skip
         finally:
             if isinstance(reporter, RichReporter):
                 reporter.close()
@@ -234,16 +217,22 @@ def train_command(
     _print_summary(summary)
 
 
+app.command("train")(with_parameters(train_command, schema_parameters(TrainConfig)))
+
+
 def _print_summary(s: dict[str, Any]) -> None:
-    top5 = "" if s["test_top5"] is None else f", top-5 {s['test_top5']:.2%}"
     bad = f", {s['bad_files']} unusable files skipped" if s["bad_files"] else ""
-    best = f"best {s['best_test_accuracy']:.2%} at epoch {s['best_epoch']}"
     rate = s["train_images_per_s"] or 0
     rows = [
         ("model", f"{s['model']} (attention {s['attention']}), {s['parameters']:,} parameters"),
         ("data", f"{s['dataset']}{bad}"),
-        ("test accuracy", f"{s['test_accuracy']:.2%}{top5} ({best})"),
-        ("pointing game", "n/a" if s["pointing_game"] is None else f"{s['pointing_game']:.1%}"),
+    ]
+    if "test_accuracy" in s:  # classification
+        top5 = "" if s["test_top5"] is None else f", top-5 {s['test_top5']:.2%}"
+        best = f"best {s['best_test_accuracy']:.2%} at epoch {s['best_epoch']}"
+        rows.append(("test accuracy", f"{s['test_accuracy']:.2%}{top5} ({best})"))
+        rows.append(("pointing game", "n/a" if s["pointing_game"] is None else f"{s['pointing_game']:.1%}"))
+    rows += [
         ("throughput", f"{rate:.0f} training images/s on {s['device']} x {s['processes']} process(es)"),
         ("wall time", f"{s['wall_seconds']:.0f} s"),
         ("run folder", s["run_dir"]),

@@ -1,4 +1,4 @@
-"""Name -> builder registries for attention mechanisms and models.
+"""Name -> builder registries for attention mechanisms, models and training tasks.
 
 A registry maps a short name to a class or factory function. Registering a name twice
 raises at import time, and looking up an unknown name raises ``KeyError`` listing the valid
@@ -66,3 +66,4 @@ class Registry:
 ATTENTION = Registry("attention")
 MODELS = Registry("model")
 EXPLAINERS = Registry("explanation method")
+TASKS = Registry("task")

@@ -18,7 +18,7 @@ from trainkit import TINY, only_run, run_visattn, start_visattn
 from visattn.train import load_model
 from visattn.train.checkpoint import CheckpointError, load_state
 from visattn.train.config import resolve_config
-from visattn.train.loop import train
+from visattn.train.loop import LogReporter, train
 
 pytestmark = pytest.mark.slow
 FLAGS = ["--epochs", "3", "--checkpoint-every", "5"]
@@ -103,14 +103,21 @@ def test_truncated_checkpoint_falls_back_to_the_previous_good_one(tmp_path, capl
     last = run / "last.safetensors"
     data = last.read_bytes()
     last.write_bytes(data[: random.Random(3).randrange(8, len(data) - 1)])
-    resumed = train(config, resume=run)  # the run was complete: resuming re-evaluates only
+    with pytest.raises(CheckpointError, match="truncated"):  # named: loaded as it is or not at all
+        train(config, resume=run)
+    messages = []
+    reporter = LogReporter()
+    reporter.message = messages.append
+    # The run was complete: resuming re-evaluates only.
+    resumed = train(config, resume=run, fallback=True, reporter=reporter)
     assert f"cannot resume from {last}" in caplog.text and "truncated" in caplog.text
+    assert any(f"{last} cannot be used" in m and "older snapshot" in m for m in messages), messages
     assert resumed["test_accuracy"] == summary["test_accuracy"]
     for snapshot in run.glob("step-*"):
         snapshot.write_bytes(snapshot.read_bytes()[:100])
     last.write_bytes(data[:50])
     with pytest.raises(CheckpointError, match=f"no usable checkpoint to resume in {run}"):
-        train(config, resume=run)
+        train(config, resume=run, fallback=True)
 
 
 class Payload:
@@ -126,8 +133,10 @@ def test_state_file_with_code_is_refused_and_not_run(tmp_path, monkeypatch, capl
     good = load_state(state)
     with state.open("wb") as f:
         pickle.dump({**good, "evil": Payload()}, f)
-    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+    with pytest.raises(CheckpointError, match="last.state.pt is not a usable training state"):
         train(config, resume=run)
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        train(config, resume=run, fallback=True)
     assert "last.state.pt is not a usable training state" in caplog.text
     assert not (tmp_path / "pwned").exists()
     model, _ = load_model(run / "best.safetensors")  # the weights themselves are fine

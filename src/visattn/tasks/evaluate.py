@@ -8,6 +8,7 @@ counted twice) and torchmetrics sums the counts across processes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,28 @@ class EvalResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     pointing: float | None = None  # fraction of pointing-game hits, when measurable
     count: int = 0
+
+    @property
+    def score(self) -> float:
+        """Top-1 accuracy: the number that picks the best epoch."""
+        return self.accuracy
+
+    def row(self) -> dict[str, str]:
+        """The evaluation columns of ``metrics.csv``."""
+        return {
+            "test_loss": f"{self.loss:.6f}",
+            "test_accuracy": f"{self.accuracy:.6f}",
+            "test_top5": "" if self.top5 is None else f"{self.top5:.6f}",
+            "pointing_game": "" if self.pointing is None else f"{self.pointing:.6f}",
+        }
+
+    def summary(self, classes: list[str]) -> dict[str, Any]:
+        """The final evaluation as ``summary.json`` records it."""
+        per_class = dict(zip(classes, self.per_class, strict=True))
+        return {
+            "test_accuracy": self.accuracy, "test_top5": self.top5, "test_loss": self.loss,
+            "pointing_game": self.pointing, "per_class_accuracy": per_class, "confusion": self.confusion,
+        }  # fmt: skip
 
 
 def has_spatial_attention(model: nn.Module, dataset: Dataset, device: torch.device) -> bool:

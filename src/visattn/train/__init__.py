@@ -1,8 +1,8 @@
 """Training: validated configs, the loop, checkpoints and evaluation."""
 
+from ..tasks import EvalResult, evaluate
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_weights
 from .config import ConfigError, TrainConfig, resolve_config
-from .evaluate import EvalResult, evaluate
 from .loop import TrainingError, resolve_device, train
 
 __all__ = [

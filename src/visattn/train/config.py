@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..attention import ATTENTION
 from ..data import DATASETS
-from ..registry import MODELS
+from ..registry import MODELS, TASKS
+from ..tasks import TASKS as _TASKS  # noqa: F401 - registers the tasks
 
 
 class ConfigError(ValueError):
@@ -29,49 +30,95 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
 
     # what to train
-    model: str = "attention_cnn"
-    attention: str | None = Field(None, description="attention name, 'none', or unset: the model's own")
-    attention_options: dict[str, Any] = Field(default_factory=dict)
-    model_options: dict[str, Any] = Field(default_factory=dict)
+    task: str = Field("classification", description="What is learned (see visattn.tasks)")
+    model: str = Field("attention_cnn", description="Model name (see `visattn models`)")
+    attention: str | None = Field(
+        None, description="Attention name (see `visattn attention`), 'none', or unset: the model's own"
+    )
+    attention_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the attention module, a YAML mapping: '{heads: 2}'"
+    )
+    model_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the model, a YAML mapping: '{widths: [8, 16]}'"
+    )
     # data
-    dataset: str = "cluttered-mnist"
-    data_dir: Path | None = None
-    augment: Literal["none", "basic", "trivial"] | None = None
-    img_size: int = Field(224, ge=1, description="image folders: side of the training images")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="image folders without val/: held-out share")
-    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="image folders: unusable files allowed")
-    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    dataset: str = Field("cluttered-mnist", description=f"Data set: {', '.join(DATASETS.names())}")
+    data_dir: Path | None = Field(None, description="Folder holding (or caching) the data")
+    augment: Literal["none", "basic", "trivial"] | None = Field(
+        None, description="Augmentation (basic: crop + flip); unset: the data set's default"
+    )
+    img_size: int | None = Field(
+        None, ge=1, description="Image folders: side of the training images; unset: chosen from the images"
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Image folders without val/: held-out share")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="Image folders: unusable files allowed")
+    workers: int = Field(
+        0, ge=0, description="Data-loading worker processes", json_schema_extra={"short": "-j"}
+    )
     # optimisation
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1, description="global batch, split over the processes")
-    grad_accum_steps: int = Field(1, ge=1, description="batches per optimizer step")
-    opt: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(8, ge=1, description="Number of epochs")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Global batch per step, split over the processes",
+        json_schema_extra={"short": "-b"},
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step")
+    opt: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer (sgd: with Nesterov momentum)")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.05, ge=0)
-    sched: Literal["cosine", "step"] = "cosine"
-    warmup: float = Field(0.15, ge=0, lt=1, description="fraction of the steps spent warming up")
-    step_every: int = Field(3, ge=1, description="step schedule: epochs between decays")
-    step_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
-    smoothing: float = Field(0.0, ge=0, lt=1)
-    clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    weight_decay: float = Field(0.05, ge=0, description="Weight decay (not on biases and norms)")
+    sched: Literal["cosine", "step"] = Field("cosine", description="Schedule after the linear warm-up")
+    warmup: float = Field(0.15, ge=0, lt=1, description="Fraction of the steps spent warming up")
+    step_every: int = Field(3, ge=1, description="Step schedule: epochs between decays")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="Step schedule: decay factor")
+    smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing")
+    clip_grad: float | None = Field(
+        None, gt=0, description="Clip the gradient norm to this value; unset: no clipping"
+    )
     model_ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="EMA decay of the weights; evaluates the EMA"
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an EMA of the weights with this decay and evaluate it; unset: none",
     )
     # numerics and speed
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    deterministic: bool = False
-    sync_bn: bool = False
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision (auto: bf16 on CUDA)"
+    )
+    channels_last: bool = Field(False, description="Channels-last memory format for images and weights")
+    compile: bool = Field(False, description="torch.compile the model")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Device (auto: CUDA, MPS, then CPU)"
+    )
+    deterministic: bool = Field(False, description="Deterministic kernels only (slower on CUDA)")
+    sync_bn: bool = Field(False, description="SyncBatchNorm under torchrun (CUDA only)")
     # run management
-    seed: int = 0
-    output: Path = Path("runs")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: epochs)")
-    keep: int = Field(2, ge=0, description="step checkpoints kept besides last and best")
-    nan: Literal["stop", "skip"] = "stop"
-    tensorboard: bool = False
+    seed: int = Field(0, description="Random seed")
+    output: Path = Field(Path("runs"), description="Parent folder of the run folders")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Also checkpoint every N optimizer steps (0: epochs only)"
+    )
+    keep: int = Field(2, ge=0, description="Step checkpoints kept besides last and best")
+    nan: Literal["stop", "skip"] = Field("stop", description="On a non-finite loss: stop, or skip the step")
+    tensorboard: bool = Field(False, description="Also write TensorBoard scalars")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        return _registered(TASKS.names(), v, "task")
+
+    @field_validator("attention_options", "model_options", mode="before")
+    @classmethod
+    def _yaml_mapping(cls, v: Any) -> Any:
+        """A mapping given as text (a command-line flag) is read as YAML."""
+        if not isinstance(v, str):
+            return v
+        try:
+            parsed = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ValueError("is not valid YAML; give a mapping such as '{heads: 2}'") from None
+        return {} if parsed is None else parsed
 
     @field_validator("model")
     @classmethod
@@ -122,10 +169,14 @@ class TrainConfig(BaseModel):
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword options for ``load_dataset``."""
-        return {
-            "data_dir": self.data_dir, "augment": self.augment, "image_size": self.img_size,
-            "val_fraction": self.val_fraction, "max_bad_fraction": self.max_bad_fraction, "seed": self.seed,
+        kwargs = {
+            "data_dir": self.data_dir, "augment": self.augment, "val_fraction": self.val_fraction,
+            "max_bad_fraction": self.max_bad_fraction, "seed": self.seed,
         }  # fmt: skip
+        # Unset: the data set chooses (``DataBundle.image_size`` and ``size_note`` say how).
+        if self.img_size is not None:
+            kwargs["image_size"] = self.img_size
+        return kwargs
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
