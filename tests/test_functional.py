@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from visattn import attention
 from visattn.functional import sincos_2d
-from visattn.kernels import _as_4d
+from visattn.kernels import _as_4d, _fold_point, _mask_as_4d
 
 
 def reference(q, k, v, mask=None, scale=None):
@@ -111,14 +111,23 @@ def test_operands_are_laid_out_for_the_fused_kernel():
     transposed = torch.randn(2, 4, 32, 64).transpose(-1, -2)  # (2, 4, 64, 32), stride(-1) = 64
     assert torch._fused_sdp_choice(transposed, transposed, transposed) != flash
     lead = transposed.shape[:-2]
-    t4 = _as_4d(transposed, lead)
+    t4 = _as_4d(transposed, lead, 0)
     assert torch._fused_sdp_choice(t4, t4, t4) == flash
     windows = torch.randn(2, 3, 4, 49, 16)  # (B, windows, heads, N, d)
     assert torch._fused_sdp_choice(windows, windows, windows) != flash
-    w4 = _as_4d(windows, windows.shape[:-2])
+    w4 = _as_4d(windows, windows.shape[:-2], 2)
     assert w4.shape == (6, 4, 49, 16) and torch._fused_sdp_choice(w4, w4, w4) == flash
-    out, _ = attention(windows, windows, windows, need_weights=False)
+    with torch.no_grad():  # the fused kernel's case (with gradients small windows run matmuls)
+        out, _ = attention(windows, windows, windows, need_weights=False)
     torch.testing.assert_close(out.double(), reference(windows, windows, windows)[0], atol=1e-5, rtol=1e-5)
+    # A per-window mask folds the batch apart from the windows: no copy per sample.
+    mask = torch.rand(3, 1, 49, 49) > 0.2
+    split = _fold_point(mask, windows.shape[:-2])
+    assert _mask_as_4d(mask, windows.shape[:-2], split).shape == (1, 12, 49, 49)
+    assert _as_4d(windows, windows.shape[:-2], split).shape == (2, 12, 49, 16)
+    with torch.no_grad():
+        out, _ = attention(windows, windows, windows, mask=mask, need_weights=False)
+    torch.testing.assert_close(out.double(), reference(windows, windows, windows, mask)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

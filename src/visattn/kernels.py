@@ -169,8 +169,9 @@ def fused(q: Tensor, k: Tensor, v: Tensor, terms: Terms, scale: float, dropout_p
     mask = _constant_mask(terms)
     # The CPU flash kernel wants 4-D operands whose last dimension is contiguous; anything
     # else (5-D windows, transposed projections) silently runs the N x N math path.
-    q4, k4, v4 = (_as_4d(t, lead) for t in (q, k, v))
-    m4 = None if mask is None else _mask_as_4d(mask, lead, q.shape[-2], k.shape[-2])
+    split = _fold_point(mask, lead)
+    q4, k4, v4 = (_as_4d(t, lead, split) for t in (q, k, v))
+    m4 = None if mask is None else _mask_as_4d(mask, lead, split)
     if m4 is not None and m4.dtype != torch.bool:
         m4 = m4.to(q.dtype)  # the kernels want an additive mask in the operands' dtype
     out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4, dropout_p=dropout_p, scale=scale)
@@ -202,22 +203,41 @@ def _fold_relative(
     return q, k, F.pad(v, (0, q.shape[-1] - v.shape[-1]))
 
 
-def _as_4d(t: Tensor, lead: torch.Size) -> Tensor:
+def _fold_point(mask: Tensor | None, lead: torch.Size) -> int:
+    """Where the leading dimensions split into the kernel's batch and heads axes: the batch
+    takes the dimensions a mask broadcasts over, so that the mask is never copied per sample
+    (a window mask ``(nWin, 1, K, K)`` against ``(B, nWin, heads)`` folds as
+    ``(B, nWin * heads)``)."""
+    if len(lead) <= 2:
+        return 0
+    if mask is None:
+        return len(lead) - 1
+    own = mask.shape[:-2][-len(lead) :] if mask.ndim > 2 else ()
+    own = (1,) * (len(lead) - len(own)) + tuple(own)
+    varying = [i for i, n in enumerate(own) if n != 1]
+    return min(varying[0] if varying else len(lead) - 1, len(lead) - 1)
+
+
+def _as_4d(t: Tensor, lead: torch.Size, split: int) -> Tensor:
     if t.shape[:-2] != lead:
         t = t.expand(*lead, *t.shape[-2:])
-    # Pad to 4-D with leading ones, or fold the outer dimensions into the batch.
-    t = t.reshape(*([1] * (2 - len(lead))), *t.shape) if len(lead) <= 2 else t.reshape(-1, *t.shape[-3:])
+    if len(lead) <= 2:  # pad to 4-D with leading ones
+        t = t.reshape(*([1] * (2 - len(lead))), *t.shape)
+    else:  # (batch = lead[:split], heads = lead[split:])
+        t = t.reshape(math.prod(lead[:split]), math.prod(lead[split:]), *t.shape[-2:])
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _mask_as_4d(mask: Tensor, lead: torch.Size, length: int, source: int) -> Tensor:
+def _mask_as_4d(mask: Tensor, lead: torch.Size, split: int) -> Tensor:
     mask = mask.reshape(*([1] * (len(lead) + 2 - mask.ndim)), *mask.shape)  # (*lead', L', S')
     if len(lead) <= 2:
         return mask.reshape(*([1] * (2 - len(lead))), *mask.shape)
-    outer = mask.shape[: len(lead) - 1]
-    if all(n == 1 for n in outer):  # broadcast over the folded dimensions: no copy needed
-        return mask.reshape(1, *mask.shape[len(lead) - 1 :])
-    return mask.expand(*lead, length, source).reshape(-1, lead[-1], length, source)
+    batch = math.prod(mask.shape[:split])  # 1, or the mask varies per sample: no broadcast
+    heads = mask.shape[split : len(lead)]
+    if math.prod(heads) == 1:
+        return mask.reshape(batch, 1, *mask.shape[-2:])
+    inner = mask.expand(*mask.shape[:split], *lead[split:], *mask.shape[-2:])
+    return inner.reshape(batch, math.prod(lead[split:]), *mask.shape[-2:])
 
 
 def default_scale(q: Tensor, scale: float | None) -> float:

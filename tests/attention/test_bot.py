@@ -18,6 +18,7 @@ from timm.layers.bottleneck_attn import BottleneckAttn
 
 from visattn import record_attention
 from visattn.attention.bot import BottleneckSelfAttention
+from visattn.functional import RULES
 
 
 def close(a, b, tol=1e-5):
@@ -125,11 +126,16 @@ def test_clipping_only_matters_beyond_max_distance():
         assert (large(x) - small(x)).abs().max() > 1e-4
 
 
-def test_fused_path_runs_the_flash_kernel(sdpa_calls):
-    module = BottleneckSelfAttention(32).eval()
+def test_large_maps_run_the_flash_kernel_small_ones_matmuls(sdpa_calls):
+    """The core's rule: relative logits over more than ``RULES.rel_scores`` scores are folded
+    into the flash kernel's operands; smaller maps run batched matmuls."""
+    module = BottleneckSelfAttention(16).eval()
+    side = math.ceil(RULES.rel_scores**0.25) + 1  # (side * side)**2 scores > rel_scores
     with torch.no_grad():
-        module(torch.randn(2, 32, 9, 11))
-    assert [backend for _, backend in sdpa_calls] == [FLASH]
+        module(torch.randn(1, 16, side, side))
+        assert [backend for _, backend in sdpa_calls] == [FLASH]
+        module(torch.randn(1, 16, 4, 5))
+    assert len(sdpa_calls) == 1
 
 
 def test_proj_option_adds_an_output_projection():

@@ -18,10 +18,10 @@ Deviations from the paper:
   bottleneck, a drop-in module carries its own shortcut. ``pos="none"`` drops the position
   terms.
 
-Fast path: the fused kernel runs on (B*W, heads, H, d') and (B*H, heads, W, d') operands.
-The learnable position logits ride in the operands (q' = [q, bias row], k' = [k, one-hot],
-v' = [v, one-hot]), so d' = d + L and the one-hot part of the output returns the weights
-that the r^v term needs; an additive learnable bias would force the kernel's slow path.
+Kernels: each axis is attention over (B*W, heads, H, d) and (B*H, heads, W, d) lines. With the
+position terms, the logits ``q . r^q + k . r^k`` go to the core as a learnable bias and the
+weights come back inside the autograd graph, because the r^v term is a weighted sum of the
+relative table; without them the core chooses its kernel freely.
 
 Reference checked against: no installable reference; two masked full attentions (column
 mask, then row mask) with the relative terms, in float64, in the tests.
@@ -60,16 +60,9 @@ class AxialLayer(nn.Module):
         else:
             r_q, r_k, r_v = self.rel[:, relative_index(L, self.max_distance, lines.device)]  # (L, L, d)
             bias = torch.einsum("bnod,opd->bnop", q, r_q) + torch.einsum("bnpd,opd->bnop", k, r_k)
-            if need_weights:
-                out, weights = attention(q, k, v, mask=bias * scale, scale=scale, need_weights=True)
-            else:
-                pos = torch.arange(L, device=lines.device)
-                onehot = (pos[:, None] == pos[None, :]).to(q.dtype).expand(Bp, self.heads, L, L)
-                q_aug = torch.cat([q, bias], -1)  # (B', h, L, d + L): q' . k' = q . k + bias
-                k_aug = torch.cat([k, onehot], -1)  # (B', h, L, d + L)
-                v_aug = torch.cat([v, onehot], -1)  # (B', h, L, d + L): output carries the weights
-                out_aug = attention(q_aug, k_aug, v_aug, scale=scale, need_weights=False)[0]
-                out, weights = out_aug.split((d, L), -1)  # (B', h, L, d), (B', h, L, L)
+            # The r^v term needs the weights themselves: the core's explicit kernel returns
+            # them inside the graph.
+            out, weights = attention(q, k, v, bias=bias * scale, scale=scale, need_weights=True)
             out = out + torch.einsum("bnop,opd->bnod", weights, r_v)  # the v + r^v term
         out = out.transpose(1, 2).reshape(Bp, L, C)  # (B', L, C), heads concatenated
         return out, weights if need_weights else None

@@ -85,7 +85,8 @@ class AttentionModule(nn.Module):
             part: a name for one of several maps of the same module (``name:part``).
         """
         if self.recording and self._map_sink is not None:
-            self._map_sink(attn.detach(), kind=kind, grid=grid, keys=keys, part=part)
+            # The recorder detaches unless it was asked for gradients (explanation methods).
+            self._map_sink(attn, kind=kind, grid=grid, keys=keys, part=part)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

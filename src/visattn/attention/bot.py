@@ -23,11 +23,10 @@ default; ``scale_pos=False`` reproduces that, ``scale_pos=True`` (default) equal
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_heads, check_int
-from ..functional import attention, relative_index
+from ..functional import Relative, attention, relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -103,30 +102,14 @@ class BottleneckSelfAttention(AttentionModule):
         # A permute keeps the head dimension's stride at 1, which the fused kernel needs.
         q, k, v = self.qkv(tokens).view(B, N, 3, self.heads, d).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
         scale = d**-0.5
-        # Factor that turns the unscaled position logits into what the kernel must add
-        # after its own scaling: the paper scales them with the content logits, timm does not.
-        pos_factor = 1.0 if self.scale_pos else 1.0 / scale
-        by_row, by_col = self.relative_logits(q, H, W)  # (B, h, N, H), (B, h, N, W)
-        if self.recording:
-            # Explicit path: the position logits as an additive (B, h, N, N) term.
-            bias = by_row[..., :, None] + by_col[..., None, :]  # (B, h, N, H, W)
-            bias = bias.reshape(B, self.heads, N, N) * (pos_factor * scale)
-            out, weights = attention(q, k, v, mask=bias, scale=scale, need_weights=True)
+        by_row, by_col = self.relative_logits(q, H, W)  # (B, h, N, H), (B, h, N, W), unscaled
+        if self.scale_pos:  # the paper scales them with the content logits, timm does not
+            by_row, by_col = by_row * scale, by_col * scale
+        out, weights = attention(  # (B, h, N, d)
+            q, k, v, rel=Relative(by_row, by_col), scale=scale, need_weights=self.recording
+        )
+        if weights is not None:
             self.keep_map(weights, kind="softmax", grid=(H, W))  # (B, heads, N, N)
-        else:
-            # Fused path: q' = [q, rel logits per key row, per key column] and
-            # k' = [k, one-hot key row, one-hot key column] give q'.k' = q.k + q.r_h + q.r_w
-            # without an N x N tensor; a learnable additive bias would force the math path.
-            rows = torch.arange(H, device=x.device)
-            cols = torch.arange(W, device=x.device)
-            one_row = (rows[:, None, None] == rows[None, None, :]).expand(H, W, H)  # (H, W, H)
-            one_col = (cols[None, :, None] == cols[None, None, :]).expand(H, W, W)  # (H, W, W)
-            onehot = torch.cat([one_row, one_col], -1).reshape(N, H + W).to(q.dtype)  # (N, H+W)
-            q_aug = torch.cat([q, by_row * pos_factor, by_col * pos_factor], -1)  # (B, h, N, d+H+W)
-            k_aug = torch.cat([k, onehot.expand(B, self.heads, N, H + W)], -1)  # (B, h, N, d+H+W)
-            # The CPU flash kernel needs value and query widths equal: pad v with zeros.
-            v_aug = F.pad(v, (0, H + W))  # (B, h, N, d+H+W)
-            out = attention(q_aug, k_aug, v_aug, scale=scale, need_weights=False)[0][..., :d]
         out = self.proj(out.transpose(1, 2).reshape(B, N, C))  # (B, N, C), heads concatenated
         out = out.transpose(1, 2).reshape(B, C, H, W)
         return x + out if self.residual else out

@@ -8,9 +8,10 @@ shared weights (paper: R = 2), so information reaches every position.
 
 Deviations from the paper: none. The centre position is one of the H + W - 1 keys, as in the
 paper; some released implementations add its logit twice (once from the row, once from the
-column). The row/column energies are computed directly (O(N (H + W)) memory, no N x N tensor
-and no mask), so there is no separate fused path: the joint softmax over a row and a column
-is not one call of the fused kernel. Indices are built on the input's device.
+column). The row/column energies are computed directly (O(N (H + W)) memory, no N x N tensor),
+and the core's ``attention_weights`` turns them into weights (the centre masked out of the
+row); there is no fused path: the joint softmax over a row and a column is not one call of
+the fused kernel. Indices are built on the input's device.
 
 Reference checked against: no installable reference; a float64 masked full attention (a
 boolean mask allowing the row and the column) in the tests.
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
+from ..functional import attention_weights
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -73,8 +75,8 @@ class CrissCrossAttention(AttentionModule):
         by_row = q @ k.transpose(-1, -2)  # (B, H, W, Wk): key columns of row y
         # The centre is already a column key: take it out of the row (H + W - 1 keys).
         cols = torch.arange(W, device=x.device)
-        by_row = by_row.masked_fill(cols[:, None] == cols[None, :], float("-inf"))
-        weights = torch.cat([by_col, by_row], -1).softmax(-1)  # (B, H, W, H + W)
+        others = torch.cat([torch.ones(W, H, dtype=torch.bool, device=x.device), cols[:, None] != cols], -1)
+        weights = attention_weights(torch.cat([by_col, by_row], -1), mask=others)  # (B, H, W, H + W)
         w_col, w_row = weights.split((H, W), -1)
         out = (w_col.transpose(1, 2) @ v_col).transpose(1, 2) + w_row @ v  # (B, H, W, C)
         if self.recording:

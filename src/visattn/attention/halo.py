@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_float, check_heads, check_int
-from ..functional import attention, grid_index, halo_index, inverse_index, window_partition, window_reverse
+from ..functional import Relative, attention, grid_index, halo_index, inverse_index, window_partition, window_reverse
 from ..registry import ATTENTION
 from .base import AttentionModule
 
@@ -121,8 +121,8 @@ class HaloAttention(AttentionModule):
             t.unflatten(-1, (heads, -1)).transpose(1, 2).index_select(2, index).unflatten(2, (n_blk, -1))
             for t in kv.split([heads * d, C], dim=-1)
         )  # (B, heads, nBlk, win*win, d) and (..., C/heads)
-        # Padding keys get -inf in the per-axis logits, before they are summed into the
-        # (b*b, win*win) mask: no pass over the large tensor to mask it.
+        # Padding keys get -inf in the per-axis logits: no pass over the (b*b, win*win) scores
+        # to mask them, and a block's own positions always remain.
         outside = None
         if self.mask_padding:
             nbh, nbw = rows.shape[0], cols.shape[0]
@@ -130,27 +130,20 @@ class HaloAttention(AttentionModule):
                 torch.where(rows < 0, float("-inf"), 0.0)[:, None].expand(nbh, nbw, -1).reshape(n_blk, -1),
                 torch.where(cols < 0, float("-inf"), 0.0)[None].expand(nbh, nbw, -1).reshape(n_blk, -1),
             )  # (nBlk, win) each
-        mask = self._position_logits(q, outside)  # (B, heads, nBlk, b*b, win*win)
-        p = self.attn_drop if self.training else 0.0
-        if mask.requires_grad and not self.recording:
-            # Learnable logits: the fused kernel would take its math path; plain matmuls with
-            # the mask added in place are faster and hold the same tensors.
-            scores = (q * self.scale) @ k.transpose(-2, -1)
-            weights = scores.add_(mask).softmax(dim=-1)
-            out, weights = (F.dropout(weights, p) if p > 0 else weights) @ v, None
-        else:
-            out, weights = attention(  # (B, heads, nBlk, b*b, C/heads)
-                q, k, v, mask=mask, dropout_p=p, scale=self.scale, need_weights=self.recording
-            )
+        out, weights = attention(  # (B, heads, nBlk, b*b, C/heads)
+            q, k, v, rel=self._position_logits(q, outside), scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0, need_weights=self.recording,
+        )  # fmt: skip
         if weights is not None:
             self._keep_window_map(weights, keys, (H, W))
         out = out.permute(0, 2, 3, 1, 4).reshape(-1, n_blk, b * b, C)  # (B, nBlk, b*b, C)
         out = window_reverse(out, (b, b), Hp, Wp)[:, :H, :W].permute(0, 3, 1, 2)  # (B, C, H, W)
         return x + out if self.residual else out
 
-    def _position_logits(self, q: Tensor, outside: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``q . (r_height[dy] + r_width[dx])`` for every query of a block and key of its window;
-        ``outside``: (nBlk, win) additions (``-inf`` for rows, columns outside the map)."""
+    def _position_logits(self, q: Tensor, outside: tuple[Tensor, Tensor] | None = None) -> Relative:
+        """``q . r_height[dy]`` over the window's key rows and ``q . r_width[dx]`` over its key
+        columns, for every query of a block; ``outside``: (nBlk, win) additions (``-inf`` for
+        rows, columns outside the map)."""
         b, win = self.block_size, self.block_size + 2 * self.halo_size
         # Key row r of the window sits r - halo - i rows from query row i; the table starts at
         # offset -(b + halo - 1).
@@ -159,11 +152,12 @@ class HaloAttention(AttentionModule):
         qb = q.unflatten(-2, (b, b))  # (B, heads, nBlk, b, b, d)
         rows = torch.einsum("...ijd,ird->...ijr", qb, self.rel_height[offset])  # (..., b, b, win)
         cols = torch.einsum("...ijd,jcd->...ijc", qb, self.rel_width[offset])  # (..., b, b, win)
+        if self.scale_pos_logits:
+            rows, cols = rows * self.scale, cols * self.scale
         if outside is not None:
             rows = rows + outside[0][:, None, None, :]
             cols = cols + outside[1][:, None, None, :]
-        logits = (rows[..., :, None] + cols[..., None, :]).flatten(-2).flatten(-3, -2)  # (..., b*b, win*win)
-        return logits * self.scale if self.scale_pos_logits else logits
+        return Relative(rows.flatten(-3, -2), cols.flatten(-3, -2))  # (..., b*b, win) each
 
     def _keep_window_map(self, weights: Tensor, keys: Tensor, grid: tuple[int, int]) -> None:
         """One row per original position: its block's weights over the block's window."""

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
@@ -62,15 +61,15 @@ def window_layout(
     coords = np.stack(np.divmod(np.arange(K), ws), axis=1)  # (K, 2): row, column in the window
     rel = coords[:, None, :] - coords[None, :, :] + ws - 1  # (K, K, 2)
     bias_index = (rel[..., 0] * (2 * ws - 1) + rel[..., 1]).reshape(-1)  # (K*K,)
-    blocked = None if allowed.all() else ~allowed[:, None]  # (nWin, 1, K, K)
-    return src, np.where(real, src, H * W).reshape(-1), slot, blocked, bias_index, not real.all()
+    allowed = None if allowed.all() else allowed[:, None]  # (nWin, 1, K, K)
+    return src, np.where(real, src, H * W).reshape(-1), slot, allowed, bias_index, not real.all()
 
 
 class _Layout(NamedTuple):
     src: Tensor  # (nWin, K): flat source position of every window slot, -1 for padding
     gather: Tensor  # (nWin*K,): the same, padding pointing at an extra all-zero token
     slot: Tensor  # (N,): the window slot holding each position
-    blocked: Tensor | None  # (nWin, 1, K, K): pairs that may not attend; None if all may
+    allowed: Tensor | None  # (nWin, 1, K, K): pairs that may attend; None if all may
     bias_index: Tensor  # (K*K,): row of the relative-position table for every pair
     padded: bool  # whether any slot reads padding
 
@@ -181,44 +180,19 @@ class ShiftedWindowAttention(AttentionModule):
         if layout.padded:  # one all-zero token for the padding slots to read
             tokens = torch.cat([tokens, tokens.new_zeros(B, 1, C)], dim=1)  # (B, N + 1, C)
         qkv = self.qkv(tokens.index_select(1, layout.gather))  # (B, nWin*K, 3*inner)
-        qkv = qkv.view(B * n_win, K, 3, heads, d).permute(2, 0, 3, 1, 4)  # (3, B*nWin, heads, K, d)
+        qkv = qkv.view(B, n_win, K, 3, heads, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nWin, heads, K, d)
         q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias_table[layout.bias_index].view(K, K, heads).permute(2, 0, 1)
-        table_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
-        if self.recording or table_needs_grad:
-            out = self._explicit(q, k, v, bias, layout, B, (H, W))  # (B*nWin, heads, K, d)
-        else:
-            # Constant bias: the fused kernel takes it as an additive mask and stays on its
-            # flash path (several times faster than matmuls for the attention itself).
-            mask = bias.expand(n_win, heads, K, K)
-            if layout.blocked is not None:
-                mask = mask.masked_fill(layout.blocked, float("-inf"))
-            out, _ = attention(  # (B, nWin*heads, K, d)
-                *(t.reshape(B, n_win * heads, K, d) for t in (q, k, v)),
-                mask=mask.reshape(1, n_win * heads, K, K), dropout_p=self.attn_drop if self.training else 0.0,
-                need_weights=False,
-            )  # fmt: skip
-        out = out.reshape(B * n_win, heads, K, d).transpose(1, 2).reshape(B, n_win * K, heads * d)
+        out, weights = attention(  # (B, nWin, heads, K, d)
+            q, k, v, mask=layout.allowed, bias=bias, scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0, need_weights=self.recording,
+        )  # fmt: skip
+        if weights is not None:
+            self._keep_window_map(weights.reshape(B, n_win * heads, K, K), layout.src, (H, W))
+        out = out.transpose(2, 3).reshape(B, n_win * K, heads * d)  # (B, nWin*K, inner)
         out = self.proj_drop(self.proj(out.index_select(1, layout.slot)))  # (B, N, C): own slots
         out = out.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + out if self.residual else out
-
-    def _explicit(
-        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, layout: _Layout, B: int, grid: tuple[int, int]
-    ) -> Tensor:
-        """Attention with plain matmuls: the path for a learnable bias (the fused kernel would
-        fall back to its slower math path) and for recording the weights."""
-        n_win, heads, K = q.shape[0] // B, q.shape[1], q.shape[2]
-        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B*nWin, heads, K, K)
-        scores.add_(bias)  # broadcast over all windows: its gradient is one contiguous reduction
-        if layout.blocked is not None:
-            scores.view(B, n_win, heads, K, K).masked_fill_(layout.blocked, float("-inf"))
-        weights = scores.softmax(dim=-1)  # (B*nWin, heads, K, K)
-        if self.recording:
-            self._keep_window_map(weights.view(B, n_win * heads, K, K), layout.src, grid)
-        if self.training and self.attn_drop > 0:
-            weights = F.dropout(weights, self.attn_drop)
-        return weights @ v  # (B*nWin, heads, K, d)
 
     def _keep_window_map(self, weights: Tensor, src: Tensor, grid: tuple[int, int]) -> None:
         """Reorder per-window weights to one row per original position."""
