@@ -70,7 +70,8 @@ def plain_table(sizes: list[int], repeats: int, budget: int) -> list[str]:
         t = interleave({"matmul": step("matmul", q, k, v), "fused": step("fused", q, k, v)}, warmup=1,
                        repeats=repeats)  # fmt: skip
         ratio = paired_ratio(t["fused"], t["matmul"])
-        lines.append(f"| {n} | {w} | {t['matmul'].median * 1e3:.1f} | {t['fused'].median * 1e3:.1f} | {ratio:.2f} |")
+        ms = [t[name].median * 1e3 for name in ("matmul", "fused")]
+        lines.append(f"| {n} | {w} | {ms[0]:.1f} | {ms[1]:.1f} | {ratio:.2f} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -91,7 +92,8 @@ def relative_table(sides: list[int], repeats: int, budget: int) -> list[str]:
         for label, grad in (("fwd+bwd", True), ("forward", False)):
             q, k, v = operands(w, n, grad=grad)
             g = torch.Generator().manual_seed(1)
-            rel = Relative(*(torch.randn(w, HEADS, n, side, generator=g).requires_grad_(grad) for _ in range(2)))
+            rows, cols = (torch.randn(w, HEADS, n, side, generator=g).requires_grad_(grad) for _ in range(2))
+            rel = Relative(rows, cols)
             runs = {name: step(name, q, k, v, rel=rel) for name in ("matmul", "fused")}
             with torch.set_grad_enabled(grad):
                 t = interleave(runs, warmup=1, repeats=repeats)
@@ -117,12 +119,12 @@ def bias_table(sizes: list[tuple[int, int]], repeats: int) -> list[str]:
         q, k, v = operands(w, n, grad=True)
         bias = (torch.randn(HEADS, n, n) * 0.1).requires_grad_()
 
-        def sdpa() -> None:
+        def sdpa(q=q, k=k, v=v, bias=bias) -> None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             torch.autograd.grad(out.sum(), [q, k, v, bias])
 
-        runs = {"matmul": step("matmul", q, k, v, bias=bias), "explicit": step("explicit", q, k, v, bias=bias),
-                "sdpa": sdpa}  # fmt: skip
+        runs = {name: step(name, q, k, v, bias=bias) for name in ("matmul", "explicit")}
+        runs["sdpa"] = sdpa
         t = interleave(runs, warmup=1, repeats=repeats)
         best = max(paired_ratio(t["explicit"], t["matmul"]), paired_ratio(t["sdpa"], t["matmul"]))
         ms = [t[name].median * 1e3 for name in ("matmul", "explicit", "sdpa")]
@@ -143,15 +145,15 @@ def main() -> None:
     windows = [(49, 16), (144, 4)] if args.quick else [(49, 512), (144, 128)]
     rate = matmul_rate()
     print(f"fp32 matmul rate: {rate:.1f} GFLOP/s", flush=True)
-    lines = plain_table(plain, args.repeats, budget) + [""]
-    lines += relative_table(sides, args.repeats, budget) + [""]
+    lines = [*plain_table(plain, args.repeats, budget), ""]
+    lines += [*relative_table(sides, args.repeats, budget), ""]
     lines += bias_table(windows, args.repeats)
     if args.quick:
         return
     body = "\n".join(
         [
             f"- machine: {machine()}",
-            f"- command: `python benchmarks/{shlex.join(sys.argv)}`".replace("benchmarks/benchmarks/", "benchmarks/"),
+            f"- command: `{shlex.join(['python', 'benchmarks/core_rules.py', *sys.argv[1:]])}`",
             f"- fp32 matmul rate (2048 x 2048 sgemm): **{rate:.1f} GFLOP/s**",
             f"- rules in force: train_scores = {RULES.train_scores:,}, rel_scores = {RULES.rel_scores:,}, "
             f"score_bytes = {RULES.score_bytes:,}",
