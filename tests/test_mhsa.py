@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from visattn import AttentionCNN, MultiHeadSelfAttention2d, SelfAttention, create_model, record_attention
+from visattn.attention.mhsa import MultiHeadAttention
 from visattn.functional import sincos_2d
 
 SIZES = [(1, 1), (8, 8), (32, 32), (57, 43)]
@@ -39,6 +40,27 @@ def test_mhsa2d_matches_torch_multihead_attention(hw):
     with record_attention(module) as maps:
         module(x)
     torch.testing.assert_close(maps["MultiHeadSelfAttention2d"], expected_w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("grid", "n"), [((4, 3), 12), ((4, 3), 13), (None, 7)])
+def test_token_attention_matches_torch_multihead_attention(grid, n):
+    """The one token class, as the ViT and MultiHeadSelfAttention2d use it: a grid of
+    positions (the map carries it) or a class token and a grid (the class token's row)."""
+    module = MultiHeadAttention(32, heads=4).eval()
+    mha = torch_mha_like(module)
+    x = torch.randn(3, n, 32)
+    expected, expected_w = mha(x, x, x, average_attn_weights=False)
+    torch.testing.assert_close(module(x, grid=grid), expected, atol=1e-5, rtol=1e-5)
+    with record_attention(module) as maps:
+        module(x, grid=grid)
+    torch.testing.assert_close(maps["MultiHeadAttention"], expected_w, atol=1e-6, rtol=1e-5)
+    assert maps.grid("MultiHeadAttention") == (grid if n == 12 else None)
+    if n == 13:
+        cls = expected_w[:, :, :1, 1:]
+        torch.testing.assert_close(maps["MultiHeadAttention:cls"], cls / cls.sum(-1, keepdim=True))
+        assert maps.grid("MultiHeadAttention:cls") == grid
+    with pytest.raises(ValueError, match=r"grid \(5, 5\) needs 25 or 1 \+ 25 tokens, got"):
+        module(x, grid=(5, 5))
 
 
 def test_mhsa2d_sine_position_enters_queries_and_keys_only():
@@ -83,7 +105,8 @@ def test_mhsa2d_fused_equals_explicit_and_float64(pos, hw):
 def test_self_attention_matches_float64_reference(n):
     layer = SelfAttention(24).eval()
     x = torch.randn(2, n, 24)
-    q, k, v = (lin.double()(x.double()) for lin in copy.deepcopy([layer.query, layer.key, layer.value]))
+    weight, bias = layer.qkv.weight.double(), layer.qkv.bias.double()
+    q, k, v = (x.double() @ weight[i * 24 : (i + 1) * 24].T + bias[i * 24 : (i + 1) * 24] for i in range(3))
     w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(24), dim=-1)
     torch.testing.assert_close(layer(x).double(), w @ v, atol=1e-5, rtol=1e-4)
     if n <= 1024:
@@ -100,7 +123,8 @@ def test_self_attention_mask_and_gradients():
     out.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
     # With a causal mask the first token sees only itself: its output is its own value.
-    torch.testing.assert_close(out[:, 0], layer.value(x[:, 0]), atol=1e-6, rtol=1e-5)
+    value = torch.nn.functional.linear(x[:, 0], layer.qkv.weight[16:], layer.qkv.bias[16:])
+    torch.testing.assert_close(out[:, 0], value, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -187,3 +211,54 @@ def test_wrong_input_shapes_raise():
         AttentionCNN(10, widths=(8, 8), strides=(2,))
     with pytest.raises(KeyError, match=r"unknown attention .cbam9.; valid names: .*mhsa"):
         AttentionCNN(10, attention="cbam9")
+
+
+def test_attention_cnn_bounds_its_attention_grid_at_224_px():
+    torch.manual_seed(0)
+    model = AttentionCNN(10, in_channels=3).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad(), record_attention(model) as maps:
+        logits = model(x)
+        stem = model.stem(x)  # (2, 64, 56, 56): 3,136 positions
+        pooled = nn.functional.avg_pool2d(stem, 4)  # 4 x 4 windows, no partial ones at 56
+        expected = model.head(model.attn(pooled).mean(dim=(2, 3)))
+    assert stem.shape[-2:] == (56, 56) and model.pool_factor(56, 56) == 4
+    assert maps["attn"].shape == (2, 4, 14 * 14, 14 * 14) and maps.grid("attn") == (14, 14)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert model.forward_features(x).shape == (2, 64, 14, 14)
+
+
+def test_attention_cnn_pool_factor_is_the_smallest_that_fits():
+    model = AttentionCNN(10, max_tokens=50)
+    for h, w in [(1, 1), (7, 7), (8, 7), (25, 18), (33, 5), (100, 3), (71, 71)]:
+        smallest = next(f for f in range(1, 200) if math.ceil(h / f) * math.ceil(w / f) <= 50)
+        assert model.pool_factor(h, w) == smallest, (h, w)
+    # Partial windows at the edge average over the positions they hold: a constant map stays constant.
+    x = torch.ones(1, 64, 25, 18)
+    torch.testing.assert_close(model.bound(x), torch.ones(1, 64, 7, 5))  # f = 4
+
+
+@pytest.mark.parametrize("hw", [(60, 60), (64, 64), (64, 48)])
+def test_attention_cnn_unchanged_up_to_64_px(hw):
+    """The main job (60 px, 15 x 15 = 225 positions) and anything up to 256 positions: the
+    same function as the network that never pools, given the same weights."""
+    torch.manual_seed(0)
+    bounded = AttentionCNN(10, in_channels=1).eval()
+    unbounded = AttentionCNN(10, in_channels=1, max_tokens=None).eval()
+    unbounded.load_state_dict(bounded.state_dict())
+    assert set(bounded.state_dict()) == set(unbounded.state_dict())
+    x = torch.randn(2, 1, *hw)
+    with torch.no_grad():
+        assert torch.equal(bounded(x), unbounded(x))
+        assert bounded.forward_features(x).shape[-2:] == (hw[0] // 4, hw[1] // 4)
+
+
+def test_attention_cnn_without_attention_pools_the_same_way():
+    model = AttentionCNN(10, attention=None).eval()
+    x = torch.randn(1, 3, 224, 160)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(features, nn.functional.avg_pool2d(model.stem(x), 4, ceil_mode=True))
+    assert features.shape[-2:] == (14, 10)
+    with pytest.raises(ValueError, match=r"max_tokens must be an integer >= 1, got 0"):
+        AttentionCNN(10, max_tokens=0)

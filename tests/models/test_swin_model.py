@@ -140,7 +140,9 @@ def test_other_mixers_and_none():
     mhsa = SwinTransformer(10, **SMALL, attention="mhsa", attention_options={"residual": False}).eval()
     with torch.no_grad(), record_attention(mhsa) as maps:
         assert mhsa(x).shape == (2, 10)
-    assert maps["stages.1.blocks.0.attn"].shape == (2, 4, 4 * 3, 4 * 3)  # global over the 4 x 3 map
+    # Global over the 4 x 3 map, with the stage's 2 heads (the model sets heads for any mechanism).
+    assert maps["stages.1.blocks.0.attn"].shape == (2, 2, 4 * 3, 4 * 3)
+    assert mhsa.stages[1].blocks[0].attn.residual is False and mhsa.stages[2].blocks[1].attn.heads == 4
     custom = SwinTransformer(
         10, **SMALL, attention=lambda c: ShiftedWindowAttention(c, window_size=2, heads=1)
     )

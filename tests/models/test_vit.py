@@ -225,10 +225,16 @@ def test_wrong_inputs():
     ("options", "message"),
     [
         ({"img_size": 30}, r"img_size must be one or two multiples of patch_size=8, got 30"),
-        ({"attention": "se"}, r"attention must be one of 'mhsa', None, got 'se'"),
+        (
+            {"attention": "se"},
+            r"VisionTransformer needs attention on \(B, N, C\) tokens; 'se' works on \(B, C, H, W\) "
+            r"feature maps: use one of mhsa,",
+        ),
+        ({"attention_options": {"heads": 2}}, r"attention_options may not set heads: the model sets them"),
+        ({"attention_options": {"pos": "sine"}}, r"attention_options 'pos' are not options of 'mhsa'"),
         ({"pool": "max"}, r"pool must be one of 'token', 'mean', got 'max'"),
         ({"attention": None}, r"attention=None needs pool='mean'"),
-        ({"heads": 5}, r"heads must divide dim \(32\), got 5"),
+        ({"heads": 5}, r"heads must divide channels \(32\) when head_dim is not given, got 5"),
         ({"drop_rate": 1.0}, r"drop_rate must be a number in \[0.0, 1.0\), got 1.0"),
         ({"depth": 0}, r"depth must be an integer >= 1, got 0"),
     ],

@@ -1,19 +1,26 @@
-"""Multi-head self-attention over tokens and over the positions of a feature map.
+"""Multi-head self-attention: one token class, and its feature-map form.
 
 Vaswani et al., NeurIPS 2017, "Attention Is All You Need", arXiv:1706.03762; applied to the
 H*W positions of a CNN feature map as in Wang et al. 2018 (non-local) and Srinivas et al.
-2021 (BoTNet). Reference checked against: ``torch.nn.MultiheadAttention``.
+2021 (BoTNet). Reference checked against: ``torch.nn.MultiheadAttention``, and torchvision's and
+timm's ViT attention (through ``VisionTransformer``, same weights).
 
-Deviations: position information is a fixed 2-D sine-cosine encoding added to the queries
-and keys only (Carion et al. 2020, DETR), not to the values, so that the module works at any
-H x W without a table sized at construction; the encoding's projection is computed once per
-grid instead of once per sample. ``pos="conv"`` uses a depthwise 3x3 convolution instead
-(conditional position encoding, Chu et al. 2023, arXiv:2102.10882).
+``MultiHeadAttention`` is the one token attention of visattn, ``(B, N, C) -> (B, N, C)``: the
+transformers' attention (ViT) and the core of ``MultiHeadSelfAttention2d`` (registered as
+``"mhsa"``), which flattens a ``(B, C, H, W)`` map to its H*W position tokens and calls it.
+``SelfAttention`` is its one-head case without output projection.
+
+Deviations: position information of the feature-map form is a fixed 2-D sine-cosine encoding
+added to the queries and keys only (Carion et al. 2020, DETR), not to the values, so that the
+module works at any H x W without a table sized at construction; the encoding's projection is
+computed once per grid instead of once per sample. ``pos="conv"`` uses a depthwise 3x3
+convolution instead (conditional position encoding, Chu et al. 2023, arXiv:2102.10882).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,16 +30,122 @@ from ..functional import attention, sincos_2d
 from ..registry import ATTENTION
 from .base import AttentionModule
 
+__all__ = ["MultiHeadAttention", "MultiHeadSelfAttention2d", "SelfAttention"]
 
-class SelfAttention(AttentionModule):
-    """Single-head self-attention over tokens with separate Q/K/V projections.
+
+class MultiHeadAttention(AttentionModule):
+    """Multi-head self-attention over a token sequence: ``proj(attention(q, k, v))`` with
+    q, k, v one fused linear projection of each token, split into heads.
+
+    Args:
+        channels: token width C.
+        heads: number of heads.
+        head_dim: width of each head; ``channels // heads`` when ``None``.
+        qkv_bias: bias in the Q/K/V projection.
+        attn_drop: dropout on the attention weights while training.
+        proj_drop: dropout after the output projection while training.
+        out_proj: end with the linear output projection ``proj`` (needs
+            ``heads * head_dim == channels`` when ``False``).
+
+    Shapes: ``(B, N, C) -> (B, N, C)``. ``forward(x, grid=(h, w))`` names the positions of
+    the tokens: either ``N == h*w`` (every token a position: the recorded map
+    ``(B, heads, N, N)`` carries that grid) or ``N == 1 + h*w`` (a leading class token: the
+    full map without grid, and part ``"cls"``, the class token's weights over the patches,
+    ``(B, heads, 1, h*w)``, renormalised to sum to 1, which ``visattn.explain`` draws).
+
+    Example:
+        >>> MultiHeadAttention(64, heads=4)(torch.randn(2, 1 + 7 * 7, 64), grid=(7, 7)).shape
+        torch.Size([2, 50, 64])
+    """
+
+    family = "token"
+    paper = "Vaswani et al. 2017, Attention Is All You Need"
+    complexity = "O(N²)"
+    layout = "token"
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        heads: int = 8,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        out_proj: bool = True,
+    ) -> None:
+        super().__init__(channels)
+        self.heads = check_int("heads", heads)
+        if head_dim is None:
+            if channels % heads:
+                raise ValueError(
+                    f"heads must divide channels ({channels}) when head_dim is not given, got {heads}"
+                )
+            head_dim = channels // heads
+        self.head_dim = check_int("head_dim", head_dim)
+        inner = heads * head_dim
+        if not out_proj and inner != channels:
+            raise ValueError(f"out_proj=False needs heads * head_dim == channels ({channels}), got {inner}")
+        self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
+        self.qkv = nn.Linear(channels, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, channels) if out_proj else None
+        self.proj_drop = nn.Dropout(check_float("proj_drop", proj_drop, low=0.0, high=1.0))
+
+    def forward(
+        self, x: Tensor, *, grid: tuple[int, int] | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """``mask``: ``(N, N)`` or ``(B, N, N)``, the same for every head, as in
+        ``visattn.attention`` (True or 0 where a query may attend)."""
+        self.check_input(x)
+        N = x.shape[1]
+        if grid is not None and N not in (grid[0] * grid[1], grid[0] * grid[1] + 1):
+            n = grid[0] * grid[1]
+            raise ValueError(f"grid {tuple(grid)} needs {n} or 1 + {n} tokens, got {N}")
+        return self.attend(self.qkv(x), grid=grid, mask=mask)
+
+    def attend(
+        self, qkv: Tensor, *, grid: tuple[int, int] | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """``(B, N, 3 * heads * head_dim)`` projected tokens -> ``(B, N, C)``: the attention,
+        the recorded maps and the output projection (for subclasses that build q, k, v
+        themselves)."""
+        B, N, _ = qkv.shape
+        inner = self.heads * self.head_dim
+        # A permute keeps the head dimension's stride at 1, which the fused kernel needs.
+        q, k, v = qkv.view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        if mask is not None and mask.ndim in (2, 3):
+            mask = mask.unsqueeze(-3)  # (..., 1, N, N): the same for every head
+        p = self.attn_drop if self.training else 0.0
+        out, weights = attention(q, k, v, mask=mask, dropout_p=p, need_weights=self.recording)  # (B, h, N, d)
+        if weights is not None:
+            self._keep(weights, grid)
+        out = out.transpose(1, 2).reshape(B, N, inner)  # (B, N, heads * d), heads concatenated
+        return self.proj_drop(self.proj(out)) if self.proj is not None else out
+
+    def _keep(self, weights: Tensor, grid: tuple[int, int] | None) -> None:
+        N = weights.shape[-1]
+        if grid is not None and grid[0] * grid[1] == N:
+            self.keep_map(weights, kind="softmax", grid=tuple(grid))  # (B, heads, N, N)
+            return
+        self.keep_map(weights, kind="softmax")  # (B, heads, N, N)
+        if grid is not None:  # a leading class token
+            cls = weights[:, :, :1, 1:]  # (B, heads, 1, h*w)
+            self.keep_map(cls / cls.sum(-1, keepdim=True), kind="softmax", grid=tuple(grid), part="cls")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, heads={self.heads}, head_dim={self.head_dim}"
+
+
+class SelfAttention(MultiHeadAttention):
+    """Single-head self-attention over tokens: ``MultiHeadAttention`` with one head and no
+    output projection.
 
     The layer of the classic tutorial, with its bugs fixed: it attends across the tokens
     (the second axis) and takes the fused kernel unless its map is being recorded.
 
     Args:
-        dim: token width C.
-        qkv_bias: bias in the three projections.
+        channels: token width C.
+        qkv_bias: bias in the Q/K/V projection.
         dropout: dropout on the attention weights while training.
 
     Shapes: ``(B, N, C) -> (B, N, C)``; recorded map ``(B, 1, N, N)``.
@@ -42,44 +155,21 @@ class SelfAttention(AttentionModule):
         torch.Size([2, 49, 64])
     """
 
-    family = "token"
-    paper = "Vaswani et al. 2017, Attention Is All You Need"
-    complexity = "O(N²)"
-    layout = "token"
+    def __init__(self, channels: int, *, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(channels, heads=1, qkv_bias=qkv_bias, attn_drop=dropout, out_proj=False)
 
-    def __init__(self, dim: int, *, qkv_bias: bool = True, dropout: float = 0.0) -> None:
-        super().__init__(dim)
-        self.dropout = check_float("dropout", dropout, low=0.0, high=1.0)
-        self.query = nn.Linear(dim, dim, bias=qkv_bias)
-        self.key = nn.Linear(dim, dim, bias=qkv_bias)
-        self.value = nn.Linear(dim, dim, bias=qkv_bias)
-
-    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
-        """``mask``: ``(N, N)`` or ``(B, N, N)``, as in ``visattn.attention``."""
-        self.check_input(x)
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, N, C) each
-        if mask is not None:
-            mask = mask.unsqueeze(-3)  # (..., 1, N, N): one head
-        p = self.dropout if self.training else 0.0
-        out, weights = attention(  # (B, 1, N, C)
-            q.unsqueeze(1),
-            k.unsqueeze(1),
-            v.unsqueeze(1),
-            mask=mask,
-            dropout_p=p,
-            need_weights=self.recording,
-        )
-        if weights is not None:
-            self.keep_map(weights, kind="softmax")  # (B, 1, N, N)
-        return out.squeeze(1)
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
 
 
 @ATTENTION.register("mhsa")
-class MultiHeadSelfAttention2d(AttentionModule):
+class MultiHeadSelfAttention2d(MultiHeadAttention):
     """Multi-head self-attention across the H*W positions of a feature map, with a residual.
 
     ``y = x + proj(attention(q, k, v))`` where q, k, v are linear projections of each
-    position's C features; q and k also carry the 2-D position.
+    position's C features; q and k also carry the 2-D position. The positions are flattened to
+    ``(B, H*W, C)`` tokens and attended by ``MultiHeadAttention`` (its ``token_form``: models
+    whose blocks mix tokens, such as the ViT, build that class for ``attention="mhsa"``).
 
     Args:
         channels: input and output width C.
@@ -104,6 +194,10 @@ class MultiHeadSelfAttention2d(AttentionModule):
     family = "global"
     paper = "Vaswani et al. 2017, Attention Is All You Need (over 2-D positions)"
     complexity = "O(N²)"
+    layout = "feature-map"
+    #: The same mechanism on a token sequence (``visattn.models.factory`` builds it for models
+    #: whose attention mixes tokens).
+    token_form: ClassVar[type[MultiHeadAttention]] = MultiHeadAttention
 
     def __init__(
         self,
@@ -118,28 +212,18 @@ class MultiHeadSelfAttention2d(AttentionModule):
         residual: bool = True,
         norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
-        super().__init__(channels)
-        self.heads = check_int("heads", heads)
-        if head_dim is None:
-            if channels % heads:
-                raise ValueError(
-                    f"heads must divide channels ({channels}) when head_dim is not given, got {heads}"
-                )
-            head_dim = channels // heads
-        self.head_dim = check_int("head_dim", head_dim)
+        super().__init__(
+            channels, heads=heads, head_dim=head_dim, qkv_bias=qkv_bias, attn_drop=attn_drop,
+            proj_drop=proj_drop,
+        )  # fmt: skip
         self.pos = check_choice("pos", pos, ("sine", "conv", "none"))
-        self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
         self.residual = residual
-        inner = heads * head_dim
         self.norm = norm_layer(channels) if norm_layer is not None else nn.Identity()
         self.pos_conv = (
             nn.Conv2d(channels, channels, 3, padding=1, groups=channels) if pos == "conv" else None
         )
-        self.qkv = nn.Linear(channels, 3 * inner, bias=qkv_bias)
-        self.proj = nn.Linear(inner, channels)
-        self.proj_drop = nn.Dropout(check_float("proj_drop", proj_drop, low=0.0, high=1.0))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         self.check_input(x)
         B, C, H, W = x.shape
         inner = self.heads * self.head_dim
@@ -152,14 +236,8 @@ class MultiHeadSelfAttention2d(AttentionModule):
             enc = sincos_2d(H, W, C, device=x.device, dtype=tokens.dtype)  # (N, C)
             pos_qk = F.linear(enc, self.qkv.weight[: 2 * inner])  # (N, 2 * inner)
             qkv = qkv + F.pad(pos_qk, (0, inner))
-        # A permute keeps the head dimension's stride at 1, which the fused kernel needs.
-        q, k, v = qkv.view(B, H * W, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        p = self.attn_drop if self.training else 0.0
-        out, weights = attention(q, k, v, dropout_p=p, need_weights=self.recording)  # (B, h, N, d)
-        if weights is not None:
-            self.keep_map(weights, kind="softmax", grid=(H, W))  # (B, heads, N, N)
-        out = self.proj(out.transpose(1, 2).reshape(B, H * W, inner))  # (B, N, C)
-        out = self.proj_drop(out).transpose(1, 2).reshape(B, C, H, W)
+        out = self.attend(qkv, grid=(H, W))  # (B, N, C)
+        out = out.transpose(1, 2).reshape(B, C, H, W)
         return x + out if self.residual else out
 
     def extra_repr(self) -> str:

@@ -6,18 +6,31 @@ projections to the last axis, so it attends across channels and only runs on 8x8
 Here attention runs across the H*W positions (any input size >= 1x1), the stem downsamples
 so that attention sees a grid it can afford, and ``attention=None`` gives the identical
 network without attention for fair comparisons.
+
+Bounded attention grid: a global attention's cost grows with the square of the number of
+positions N, and the stem alone leaves N growing with the input (56 x 56 = 3,136 positions at
+224 px, 200x the pairs of the 15 x 15 grid of a 60 px input). When the stem's grid holds more
+than ``max_tokens`` positions, it is average-pooled by the smallest integer factor f with
+``ceil(H'/f) * ceil(W'/f) <= max_tokens`` (kernel = stride = f, partial windows at the bottom
+and right averaged over the positions they hold) before the attention; the classifier pools
+that attended map. The default 256 leaves every input up to 64 x 64 as before (the 60 px main
+job: 15 x 15 = 225) and brings 224 px to 14 x 14. The pooling belongs to the network, so
+``attention=None`` pools the same way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
-from ..attention import AttentionSpec, create_attention
+from ..attention import AttentionSpec
 from ..registry import MODELS
+from .factory import attention_factory, identity_if_none
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -30,7 +43,8 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 @MODELS.register("attention_cnn")
 class AttentionCNN(nn.Module):
-    """Conv stem -> attention over positions -> global mean pool -> linear head.
+    """Conv stem -> (pooling to at most ``max_tokens`` positions) -> attention over positions
+    -> global mean pool -> linear head.
 
     Args:
         num_classes: number of output logits.
@@ -41,6 +55,9 @@ class AttentionCNN(nn.Module):
         widths: output channels of each 3x3 conv-BN-ReLU stage of the stem.
         strides: stride of each stage; the product is the total downsampling.
         drop_rate: dropout before the classifier while training.
+        max_tokens: the most positions the attention sees: a larger stem grid is
+            average-pooled by the smallest integer factor that fits (see the module
+            docstring); ``None`` never pools.
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for any H, W >= 1.
 
@@ -60,6 +77,7 @@ class AttentionCNN(nn.Module):
         widths: Sequence[int] = (32, 64, 64),
         strides: Sequence[int] = (2, 2, 1),
         drop_rate: float = 0.0,
+        max_tokens: int | None = 256,
     ) -> None:
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes)
@@ -75,22 +93,35 @@ class AttentionCNN(nn.Module):
         chans = [in_channels, *widths]
         self.stem = nn.Sequential(*(_conv_bn_relu(chans[i], chans[i + 1], s) for i, s in enumerate(strides)))
         self.num_features = widths[-1]
-        if attention is None:
-            if attention_options:
-                raise ValueError("attention_options given but attention is None")
-            self.attn: nn.Module = nn.Identity()
-        else:
-            self.attn = create_attention(attention, self.num_features, **(attention_options or {}))
+        self.max_tokens = None if max_tokens is None else check_int("max_tokens", max_tokens)
+        make = identity_if_none(attention_factory(attention, attention_options, model="AttentionCNN"))
+        self.attn = make(self.num_features)
         self.drop = nn.Dropout(check_float("drop_rate", drop_rate, low=0.0, high=1.0))
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, in_channels, H, W) -> (B, C, H', W')``: the attended feature map."""
+        """``(B, in_channels, H, W) -> (B, C, H', W')``: the attended feature map (on the
+        bounded grid)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"AttentionCNN expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        return self.attn(self.stem(x))
+        return self.attn(self.bound(self.stem(x)))
+
+    def pool_factor(self, height: int, width: int) -> int:
+        """The pooling factor for a stem grid of ``height x width`` (1: no pooling)."""
+        if self.max_tokens is None or height * width <= self.max_tokens:
+            return 1
+        # Start from the real-valued bound sqrt(HW / max_tokens); ceil effects may need more.
+        f = max(2, math.floor(math.sqrt(height * width / self.max_tokens)))
+        while math.ceil(height / f) * math.ceil(width / f) > self.max_tokens:
+            f += 1
+        return f
+
+    def bound(self, x: Tensor) -> Tensor:
+        """``(B, C, H', W') -> (B, C, ceil(H'/f), ceil(W'/f))``, f = ``pool_factor(H', W')``."""
+        f = self.pool_factor(x.shape[-2], x.shape[-1])
+        return x if f == 1 else F.avg_pool2d(x, f, f, ceil_mode=True, count_include_pad=False)
 
     def forward_head(self, x: Tensor) -> Tensor:
         """``(B, C, H', W') -> (B, num_classes)``: mean over positions, then the classifier."""

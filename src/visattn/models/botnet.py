@@ -27,9 +27,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
-from ..attention import AttentionSpec, create_attention
-from ..attention.bot import BottleneckSelfAttention
+from ..attention import AttentionSpec
 from ..registry import MODELS
+from .factory import attention_factory
 
 __all__ = ["BoTNet", "Bottleneck", "botnet26", "botnet50"]
 
@@ -96,8 +96,10 @@ class BoTNet(nn.Module):
         attention: ``"bot"`` (default, 4 heads), another registered attention name or a callable
             ``channels -> module`` in place of the last stage's 3x3 convolutions, or ``None``
             to keep the convolutions (a plain ResNet).
-        attention_options: keyword options of the named attention; for ``"bot"`` they update
-            ``heads=4, residual=False`` (e.g. ``{"max_distance": 15}``).
+        attention_options: keyword options of the named attention (e.g.
+            ``{"max_distance": 15}``); they update the model's defaults ``heads=4,
+            residual=False``, which reach every mechanism that has those options (a mixer in
+            place of a convolution does not add its own input).
         drop_rate: dropout before the classifier while training.
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for any H, W >= 1.
@@ -127,16 +129,12 @@ class BoTNet(nn.Module):
             raise ValueError("layers must hold at least one stage, got an empty sequence")
         for i, n in enumerate(layers):
             check_int(f"layers[{i}]", n)
-        options = dict(attention_options or {})
-        if attention is None and options:
-            raise ValueError("attention_options given but attention is None")
+        factory = attention_factory(
+            attention, attention_options, model="BoTNet", defaults={"heads": 4, "residual": False}
+        )
 
         def mixer(width: int) -> nn.Module | None:
-            if attention is None:
-                return None
-            if attention == "bot":
-                return BottleneckSelfAttention(width, **{"heads": 4, "residual": False, **options})
-            return create_attention(attention, width, **options)
+            return None if factory is None else factory(width)
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False),

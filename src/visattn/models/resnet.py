@@ -26,8 +26,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..attention import AttentionSpec, create_attention
+from ..attention import AttentionSpec
 from ..registry import MODELS
+from .factory import attention_factory, identity_if_none
 from .weights import mismatch_report
 
 AttentionFactory = Callable[[int], nn.Module]
@@ -165,13 +166,7 @@ class ResNet(nn.Module):
                 f"groups and width_per_group must be 1 and 64 with BasicBlock, got {groups}, "
                 f"{width_per_group}"
             )
-        if attention is None and attention_options:
-            raise ValueError("attention_options given but attention is None")
-        options = attention_options or {}
-
-        def make_attention(channels: int) -> nn.Module:
-            return nn.Identity() if attention is None else create_attention(attention, channels, **options)
-
+        make_attention = identity_if_none(attention_factory(attention, attention_options, model=name))
         extra = {} if block is BasicBlock else {"groups": groups, "width_per_group": width_per_group}
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

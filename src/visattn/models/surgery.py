@@ -1,6 +1,7 @@
 """Attention surgery: add attention modules to an existing network without copying its code.
 
-``insert_attention(model, "se", where="Bottleneck")`` finds the insertion points, measures
+``insert_attention(model, "se")`` puts attention in every residual block it knows (table
+``BRANCH_ENDS``); ``where=`` selects other points. It finds the insertion points, measures
 each point's channel count with one dry run on a small input (forward hooks that live only
 during that run), builds one attention module per point and splices it in:
 
@@ -21,6 +22,7 @@ gain a ``.module`` level where a module was wrapped; load pretrained weights bef
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -28,7 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from ..attention import AttentionSpec, create_attention
+from ..attention import AttentionSpec
+from .factory import attention_factory
+
+logger = logging.getLogger(__name__)
 
 Where = str | type[nn.Module] | Callable[[str, nn.Module], bool]
 PLACEMENTS = ("auto", "branch", "output")
@@ -50,6 +55,7 @@ BRANCH_ENDS: dict[str, tuple[str, str]] = {
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": ("bn2", "wrap"),
     "timm.models._efficientnet_blocks.InvertedResidual": ("bn3", "wrap"),
     "timm.models._efficientnet_blocks.EdgeResidual": ("bn2", "wrap"),
+    "timm.models.regnet.Bottleneck": ("conv3", "wrap"),
     "visattn.models.resnet.BasicBlock": ("attn", "slot"),
     "visattn.models.resnet.Bottleneck": ("attn", "slot"),
 }
@@ -99,6 +105,10 @@ def _branch_end(module: nn.Module) -> tuple[str, str] | None:
         if entry is not None:
             return entry
     return None
+
+
+def _known(name: str, module: nn.Module) -> bool:
+    return _branch_end(module) is not None
 
 
 def _class_names(module: nn.Module) -> set[str]:
@@ -234,7 +244,7 @@ def insert_attention(
     model: nn.Module,
     attention: AttentionSpec,
     *,
-    where: Where,
+    where: Where | None = None,
     attention_options: dict[str, Any] | None = None,
     placement: str = "auto",
     example_input: Tensor | tuple[Any, ...] | None = None,
@@ -247,6 +257,10 @@ def insert_attention(
         where: which modules get attention (the model itself never does; of nested
             matches only the outermost is taken):
 
+            - ``None`` (default): every residual block listed in ``BRANCH_ENDS`` (the blocks
+              of torchvision's and timm's ResNet / ResNeXt, MobileNet, EfficientNet, RegNet,
+              torchvision's ConvNeXt, visattn's ResNet, also inside a detector's backbone);
+              a network without such blocks raises ``ValueError``;
             - a class, or a class name such as ``"Bottleneck"``, ``"InvertedResidual"``,
               ``"MBConv"``, ``"CNBlock"``: every module of that class (or a subclass);
             - any other string: a glob (``fnmatch``, case-sensitive, ``*`` crossing dots)
@@ -274,13 +288,25 @@ def insert_attention(
 
     Example:
         >>> model = torchvision.models.resnet50()
-        >>> report = insert_attention(model, "se", where="Bottleneck")
-        >>> len(report), report[0].path
-        (16, 'layer1.0.bn3.attention')
+        >>> report = insert_attention(model, "se")
+        >>> len(report), report[0].name, report[0].path
+        (16, 'layer1.0', 'layer1.0.bn3.attention')
     """
     check_choice("placement", placement, PLACEMENTS)
+    factory = attention_factory(attention, attention_options, model="insert_attention")
+    if factory is None:
+        raise ValueError("insert_attention needs an attention: a registered name or a callable, got None")
     example = _example(model, example_input)
-    if isinstance(where, str) and where == "stages":
+    if where is None:
+        chosen = _select(model, _known)
+        if not chosen:
+            known = sorted({k.rpartition(".")[2] for k in BRANCH_ENDS})
+            raise ValueError(
+                f"{type(model).__name__} holds no residual block insert_attention knows "
+                f"({', '.join(known)}): pass where=, a block class or class name, a glob over "
+                "qualified module names (e.g. 'layer4.*'), 'stages' or a predicate (name, module) -> bool"
+            )
+    elif isinstance(where, str) and where == "stages":
         watch = {n: m for n, m in model.named_modules() if n}
         chosen = [(n, watch[n]) for n in _stages(model, _dry_run(model, watch, example))]
         placement = "output" if placement == "auto" else placement
@@ -300,7 +326,7 @@ def insert_attention(
             ran = "did not run" if step.target not in seen else "did not return a (B, C, H, W) tensor"
             raise ValueError(f"{step.target} {ran} in the dry run: nothing to put attention on")
         channels.append(record.shape[1])
-        module = create_attention(attention, record.shape[1], **(attention_options or {}))
+        module = factory(record.shape[1])
         built.append(module.to(device=record.device, dtype=record.dtype))
     undo = [_splice(model, step, module) for step, module in zip(steps, built, strict=True)]
     try:
@@ -311,10 +337,12 @@ def insert_attention(
         raise ValueError(
             f"{type(model).__name__} fails with the attention inserted, left unchanged: {err}"
         ) from err
-    return InsertionReport(
+    report = InsertionReport(
         Insertion(s.name, type(m).__name__, c, s.placement, _path(s))
         for s, m, c in zip(steps, built, channels, strict=True)
     )
+    logger.info("insert_attention into %s:\n%s", type(model).__name__, report)
+    return report
 
 
 def _path(step: _Step) -> str:

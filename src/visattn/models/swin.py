@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from .._checks import check_float, check_int
-from ..attention import AttentionSpec, create_attention
-from ..attention.swin import ShiftedWindowAttention
+from ..attention import AttentionSpec
 from ..functional import relative_position_index
 from ..registry import MODELS
+from .factory import attention_factory
 from .vit import Mlp
 from .weights import load_mapped
 
@@ -88,11 +88,13 @@ class SwinTransformer(nn.Module):
         mlp_ratio: MLP hidden width over the stage width.
         attention: ``"swin"`` (default: window attention, shifted in every second block), another
             registered attention name or a callable ``channels -> module`` used as every block's
-            token mixer on the ``(B, C, H, W)`` stage map (a mechanism that adds its own input,
-            ``residual=True``, adds it inside the branch too), or ``None`` for the blocks
-            without attention (LayerNorm + MLP only).
-        attention_options: keyword options of the named attention; for ``"swin"`` the model
-            sets ``window_size``, ``shift_size``, ``heads`` and ``residual`` itself.
+            token mixer on the ``(B, C, H, W)`` stage map, or ``None`` for the blocks without
+            attention (LayerNorm + MLP only).
+        attention_options: keyword options of the named attention. The model sets
+            ``heads`` (the stage's), ``window_size`` and ``shift_size`` (0, then half the window
+            in every second block) of every mechanism that has those options, which
+            ``attention_options`` may therefore not name, and defaults ``residual=False``
+            (the block adds the input; ``attention_options`` may override it).
         drop_rate: dropout in the MLPs and before the head.
         drop_path_rate: stochastic depth, rising linearly to this value over all blocks.
 
@@ -137,22 +139,19 @@ class SwinTransformer(nn.Module):
             check_int(f"heads[{i}]", h)
         drop_rate = check_float("drop_rate", drop_rate, low=0.0, high=1.0)
         drop_path_rate = check_float("drop_path_rate", drop_path_rate, low=0.0, high=1.0)
-        options = dict(attention_options or {})
-        if attention is None and options:
-            raise ValueError("attention_options given but attention is None")
-        reserved = sorted({"window_size", "shift_size", "heads", "residual"} & options.keys())
-        if attention == "swin" and reserved:
-            raise ValueError(f"attention_options may not set {', '.join(reserved)}: the model sets them")
+        factory = attention_factory(
+            attention,
+            attention_options,
+            model="SwinTransformer",
+            sets=("heads", "window_size", "shift_size"),
+            defaults={"residual": False},
+        )
 
         def mixer(dim: int, n_heads: int, index: int) -> nn.Module | None:
-            if attention is None:
+            if factory is None:
                 return None
-            if attention != "swin":
-                return create_attention(attention, dim, **options)
             shift = 0 if index % 2 == 0 else window_size // 2
-            return ShiftedWindowAttention(
-                dim, window_size=window_size, shift_size=shift, heads=n_heads, residual=False, **options
-            )
+            return factory(dim, heads=n_heads, window_size=window_size, shift_size=shift)
 
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
         self.patch_norm = nn.LayerNorm(embed_dim)

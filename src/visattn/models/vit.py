@@ -31,13 +31,12 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from .._checks import check_choice, check_float, check_int
-from ..attention.base import AttentionModule
-from ..functional import attention
+from ..attention import AttentionSpec
 from ..registry import MODELS
+from .factory import AttentionFactory, attention_factory
 
 __all__ = [
     "Mlp",
-    "TokenSelfAttention",
     "VisionTransformer",
     "vit_base_patch16",
     "vit_base_patch32",
@@ -45,72 +44,6 @@ __all__ = [
     "vit_small_patch16",
     "vit_tiny_patch16",
 ]
-
-
-class TokenSelfAttention(AttentionModule):
-    """Multi-head self-attention over a token sequence (the transformer's own attention).
-
-    Args:
-        dim: token width C.
-        heads: number of heads; must divide ``dim``.
-        qkv_bias: bias in the Q/K/V projection.
-        attn_drop: dropout on the attention weights while training.
-        proj_drop: dropout after the output projection while training.
-
-    Shapes: ``(B, N, C) -> (B, N, C)``. Recorded maps: the full ``(B, heads, N, N)`` softmax
-    (no grid: its keys include the class token) and, when ``grid=(h, w)`` is passed (tokens =
-    one class token + ``h*w`` patches), part ``"cls"``: the class token's weights over the
-    patches, ``(B, heads, 1, h*w)``, renormalised to sum to 1 (its weight on itself left out),
-    which ``visattn.explain`` draws as a heat map.
-
-    Example:
-        >>> TokenSelfAttention(64, heads=4)(torch.randn(2, 1 + 7 * 7, 64), grid=(7, 7)).shape
-        torch.Size([2, 50, 64])
-    """
-
-    family = "token"
-    paper = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words"
-    complexity = "O(N²)"
-    layout = "token"
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ) -> None:
-        super().__init__(dim)
-        self.heads = check_int("heads", heads)
-        if dim % heads:
-            raise ValueError(f"heads must divide dim ({dim}), got {heads}")
-        self.head_dim = dim // heads
-        self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(check_float("proj_drop", proj_drop, low=0.0, high=1.0))
-
-    def forward(self, x: Tensor, *, grid: tuple[int, int] | None = None) -> Tensor:
-        self.check_input(x)
-        B, N, C = x.shape
-        if grid is not None and grid[0] * grid[1] + 1 != N:
-            raise ValueError(f"grid {grid} needs 1 + {grid[0] * grid[1]} tokens, got {N}")
-        # A permute keeps the head dimension's stride at 1, which the fused kernel needs.
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
-        p = self.attn_drop if self.training else 0.0
-        out, weights = attention(q, k, v, dropout_p=p, need_weights=self.recording)  # (B, h, N, d)
-        if weights is not None:
-            self.keep_map(weights, kind="softmax")  # (B, heads, N, N)
-            if grid is not None:
-                cls = weights[:, :, :1, 1:]  # (B, heads, 1, h*w)
-                self.keep_map(cls / cls.sum(-1, keepdim=True), kind="softmax", grid=grid, part="cls")
-        out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C), heads concatenated
-        return self.proj_drop(self.proj(out))
-
-    def extra_repr(self) -> str:
-        return f"dim={self.channels}, heads={self.heads}"
 
 
 class Mlp(nn.Module):
@@ -129,14 +62,14 @@ class Mlp(nn.Module):
 
 class _Block(nn.Module):
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, *, use_attention: bool, qkv_bias: bool,
+        self, dim: int, heads: int, mlp_ratio: float, *, attention: AttentionFactory | None, qkv_bias: bool,
         drop: float, attn_drop: float, drop_path: float,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6) if use_attention else None
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6) if attention is not None else None
         self.attn = (
-            TokenSelfAttention(dim, heads=heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-            if use_attention
+            attention(dim, heads=heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+            if attention is not None
             else None
         )
         self.drop_path = StochasticDepth(drop_path, "row")
@@ -177,10 +110,14 @@ class VisionTransformer(nn.Module):
         heads: attention heads per block.
         mlp_ratio: MLP hidden width over ``embed_dim``.
         qkv_bias: bias in the Q/K/V projections.
-        attention: ``"mhsa"``, the transformer's own multi-head self-attention over all tokens
-            (``TokenSelfAttention``; not the feature-map module of that name), or ``None`` for the
-            same blocks without attention (needs ``pool="mean"``: without attention the class
-            token never sees the image).
+        attention: the token mixer of every block: a registered mechanism with a token form
+            (``"mhsa"``, multi-head self-attention over all tokens: ``MultiHeadAttention``, the
+            token form of ``MultiHeadSelfAttention2d``), a callable ``channels -> module`` whose
+            module maps ``(B, N, C)`` tokens and takes ``grid=`` in ``forward``, or ``None`` for
+            the same blocks without attention (needs ``pool="mean"``: without attention the
+            class token never sees the image).
+        attention_options: keyword options of the named mechanism; the model sets ``heads``,
+            ``qkv_bias``, ``attn_drop`` and ``proj_drop`` (``drop_rate``) itself.
         pool: ``"token"`` (class token, the paper) or ``"mean"`` (mean of the patch tokens).
         drop_rate: dropout after the position embedding, in the MLPs and before the head.
         attn_drop: dropout on the attention weights.
@@ -206,7 +143,8 @@ class VisionTransformer(nn.Module):
         heads: int = 12,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        attention: str | None = "mhsa",
+        attention: AttentionSpec | None = "mhsa",
+        attention_options: dict[str, Any] | None = None,
         pool: str = "token",
         drop_rate: float = 0.0,
         attn_drop: float = 0.0,
@@ -223,7 +161,13 @@ class VisionTransformer(nn.Module):
             )
         self.grid_size = (size[0] // patch_size, size[1] // patch_size)
         self.embed_dim = check_int("embed_dim", embed_dim)
-        check_choice("attention", attention, ("mhsa", None))
+        factory = attention_factory(
+            attention,
+            attention_options,
+            model="VisionTransformer",
+            layout="token",
+            sets=("heads", "qkv_bias", "attn_drop", "proj_drop"),
+        )
         self.pool = check_choice("pool", pool, ("token", "mean"))
         if attention is None and pool == "token":
             raise ValueError(
@@ -239,7 +183,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(
-            _Block(embed_dim, heads, mlp_ratio, use_attention=attention is not None, qkv_bias=qkv_bias,
+            _Block(embed_dim, heads, mlp_ratio, attention=factory, qkv_bias=qkv_bias,
                    drop=drop_rate, attn_drop=attn_drop, drop_path=drop_path_rate * i / max(depth - 1, 1))
             for i in range(depth)
         )  # fmt: skip
@@ -287,7 +231,11 @@ def _variant(
     name: str, embed_dim: int, depth: int, heads: int, patch_size: int = 16
 ) -> Callable[..., VisionTransformer]:
     def build(
-        num_classes: int = 1000, *, in_channels: int = 3, attention: str | None = "mhsa", **options: Any
+        num_classes: int = 1000,
+        *,
+        in_channels: int = 3,
+        attention: AttentionSpec | None = "mhsa",
+        **options: Any,
     ) -> VisionTransformer:
         return VisionTransformer(
             num_classes, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
