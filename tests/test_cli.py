@@ -220,3 +220,82 @@ def test_train_evaluate_predict_explain(tmp_path):
         torch.tensor(json.loads((sorted(out.iterdir())[1] / "summary.json").read_text())["test_accuracy"]),
         torch.tensor(summary["test_accuracy"]),
     )
+
+
+WIDE = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}
+
+
+def help_rows(*args, command=app) -> dict[str, str]:
+    """``--help`` of a command as {option: its row}, read off a wide terminal."""
+    result = runner.invoke(command, [*args, "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for line in result.output.splitlines():
+        cells = line.strip("│ ").split()
+        if cells and cells[0].startswith("--"):
+            rows[cells[0]] = line
+    return rows
+
+
+def shown(value) -> str:
+    """How --help writes a default (independent of the code that writes it)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "{}" if value == {} else str(value)
+
+
+def test_train_help_lists_every_config_field_with_its_default():
+    from visattn.train.config import TrainConfig
+
+    rows = help_rows("train")
+    defaults = TrainConfig()
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in rows, f"{flag} missing from visattn train --help"
+        assert f"[default: ({shown(getattr(defaults, name))})]" in rows[flag], rows[flag]
+        assert field.description.split()[0] in rows[flag]  # the help is the field's description
+
+
+def test_a_new_config_field_is_one_edit(tmp_path):
+    """A field added to the schema becomes an option with help and default, and its value
+    reaches the command; nothing else is written for it."""
+    import typer
+    from pydantic import Field
+
+    from visattn.cli_options import schema_parameters, with_parameters
+    from visattn.train.config import TrainConfig
+
+    class Extended(TrainConfig):
+        mixup: float = Field(0.25, ge=0, description="Mixup strength")
+
+    seen = {}
+
+    def command(**values) -> None:
+        seen.update(values)
+
+    demo = typer.Typer()
+    demo.command()(with_parameters(command, schema_parameters(Extended)))
+    demo.command("other")(lambda: None)  # two commands: typer then names each one
+    rows = help_rows("command", command=demo)
+    assert "Mixup strength." in rows["--mixup"] and "[default: (0.25)]" in rows["--mixup"]
+    assert "-b" in rows["--batch-size"]
+    result = runner.invoke(demo, ["command", "--mixup", "0.5", "-b", "32"])
+    assert result.exit_code == 0, result.output
+    assert seen["mixup"] == 0.5 and seen["batch_size"] == 32 and seen["lr"] is None  # unset: YAML decides
+
+
+def test_mapping_options_are_read_as_yaml(tmp_path):
+    from visattn.train.config import resolve_config
+
+    cfg = resolve_config(
+        None, attention_options="{heads: 2}", model_options="{widths: [8, 16], strides: [2, 2]}"
+    )
+    assert cfg.attention_options == {"heads": 2} and cfg.model_options["widths"] == [8, 16]
+    assert_user_error(
+        invoke("train", "--attention-options", "{heads: [", "--output", tmp_path / "runs"),
+        "attention_options",
+        "not valid YAML",
+    )
+    assert not (tmp_path / "runs").exists()
