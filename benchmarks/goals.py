@@ -12,9 +12,11 @@ Goals (ratios on the machine it runs on):
    of the measured fp32 matmul rate, >= 3x the naive implementation, peak memory <= 1/20 of
    naive, and N = 16384 runs;
 2. windowed attention (49 and 144 tokens per window, learnable relative bias): <= 0.9x the
-   time of the better of naive and PyTorch's fused SDPA, >= 1.2x timm's WindowAttention;
-3. ResNet-18 with SE, CBAM or ECA, training and inference img/s at 32 px (batch 64) and
-   224 px (batch 32, channels_last): >= 1.1x timm's same model;
+   time of the better of naive and PyTorch's fused SDPA; the swin mechanism >= 1.2x timm's
+   WindowAttention with Swin's shift, pad and partition (28x28 and 56x56, forward and
+   forward+backward); BoT and halo >= 1.0x timm's BottleneckAttn / HaloAttn at 8 to 64;
+3. gates: the time SE and CBAM add to ResNet-18 (training step at 32 px, batch 64; inference
+   at 224 px, batch 32, channels_last) <= 0.6x the time timm's SE and CBAM add to timm's;
 4. linear attention: >= 15x fused SDPA forward at N = 4096, memory linear in N, and the
    size at which it overtakes fused attention.
 """
@@ -25,6 +27,7 @@ import argparse
 import functools
 import math
 import shlex
+import statistics
 import sys
 
 import torch
@@ -33,10 +36,12 @@ from torch import Tensor
 
 from _report import machine, write_section
 from visattn import attention
+from visattn.attention import ATTENTION
 from visattn.attention.linear import elu_feature_map, linear_attention
 from visattn.attention.swin import ShiftedWindowAttention as Swin
-from visattn.bench import interleave, matmul_rate, model_markdown, paired_ratio, peak_memory, run_model_suite
-from visattn.bench.baselines import TimmShiftedWindows
+from visattn.bench import interleave, matmul_rate, paired_ratio, peak_memory
+from visattn.bench.baselines import BASELINES, TimmShiftedWindows
+from visattn.bench.throughput import _infer_call, _timm_resnet18, _train_call, _visattn_resnet18
 from visattn.flops import count_flops
 
 MiB = 2**20
@@ -288,30 +293,96 @@ def linear(quick: bool, repeats: int) -> list[str]:
     return lines
 
 
-def resnet(quick: bool, repeats: int) -> list[str]:
-    settings = [(32, 16)] if quick else [(32, 64), (224, 32)]
-    rows = run_model_suite(("none", "se", "cbam", "eca"), settings, repeats=repeats, warmup=1)
-    for r in rows:
-        if r.variant == "timm" and r.attention != "none":
-            STATUS.append((3, f"ResNet-18 + {r.attention}, {r.image_size} px: timm's time over visattn's "
-                           f"{r.infer_ratio:.2f} inference, {r.train_ratio:.2f} training (>= 1.1)",
-                           min(r.infer_ratio, r.train_ratio) >= 1.1))  # fmt: skip
-    return [
-        "### 3. ResNet-18 with attention against timm's",
+def relative_local(quick: bool, repeats: int) -> list[str]:
+    """Goal 2b: BoT and halo against timm's BottleneckAttn and HaloAttn at the suite's sizes."""
+    lines = [
+        "### 2b. BoT and halo against timm's layers",
         "",
-        "visattn's `resnet18` and timm's with `block_args={'attn_layer': name}`, random weights,",
-        "1000 classes, channels-last, fp32; '× visattn' = timm's time over visattn's (above 1:",
-        "visattn is faster).",
+        "C = 64, batch 8, fp32, default options (4 heads for BoT, 8 for halo, block 8, halo 3),",
+        "timm's layer built by `visattn.bench.baselines` with the same shapes; 'timm / visattn' is",
+        "the median of paired ratios (above 1: visattn is faster).",
         "",
-        model_markdown(rows),
+        "| mechanism | map | pass | visattn ms | timm ms | timm / visattn |",
+        "|---|---|---|---:|---:|---:|",
     ]
+    for name in ("bot", "halo"):
+        for side in (8, 16) if quick else (8, 16, 32, 64):
+            torch.manual_seed(0)
+            ours = ATTENTION.get(name)(64)
+            theirs = BASELINES[name]["timm"](ours, side, 8)
+            x = torch.randn(8, 64, side, side, requires_grad=True)
+            for label, train in (("forward", False), ("fwd+bwd", True)):
+                ours.train(train), theirs.train(train)
+                if train:
+                    runs = {"ours": fwd_bwd(ours, x), "timm": fwd_bwd(theirs, x)}
+                else:
+                    runs = {"ours": torch.no_grad()(functools.partial(ours, x)),
+                            "timm": torch.no_grad()(functools.partial(theirs, x))}  # fmt: skip
+                t = interleave(runs, warmup=2, repeats=repeats)
+                ratio = paired_ratio(t["ours"], t["timm"])
+                ms = [t[k].median * 1e3 for k in ("ours", "timm")]
+                lines.append(
+                    f"| {name} | {side}x{side} | {label} | {ms[0]:.2f} | {ms[1]:.2f} | {ratio:.2f} |"
+                )
+                print(lines[-1], flush=True)
+                STATUS.append((2, f"{name} against timm, {side}x{side} {label}: {ratio:.2f}x (>= 1.0x)",
+                               ratio >= 1.0))  # fmt: skip
+    return lines
+
+
+def gates(quick: bool, repeats: int) -> list[str]:
+    """Goal 3: the time SE and CBAM add to ResNet-18, visattn's against timm's, all six
+    networks (none, SE, CBAM for each) interleaved round by round."""
+    cases = [("training", 32, 16 if quick else 64), ("inference", 224, 4 if quick else 32)]
+    lines = [
+        "### 3. What SE and CBAM add to ResNet-18, against what timm's add",
+        "",
+        "visattn's `resnet18` and timm's (`block_args={'attn_layer': name}`), random weights, 1000",
+        "classes, channels-last, fp32; training = forward, cross-entropy, backward and an SGD step;",
+        "inference = one forward under `no_grad`. Added time = the network's time minus the same",
+        "library's network without attention, in the same round; the ratio is the median over rounds",
+        "of visattn's added time over timm's (below 1: visattn's attention costs less).",
+        "",
+        "| pass | image | batch | attention | visattn ms | timm ms | visattn adds ms | timm adds ms | ratio |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, image, batch in cases:
+        t = gate_times(label, image, batch, repeats)
+        base = {lib: t[(lib, "none")].times for lib in ("visattn", "timm")}
+        for name in ("se", "cbam"):
+            added = {lib: [a - b for a, b in zip(t[(lib, name)].times, base[lib], strict=True)]
+                     for lib in ("visattn", "timm")}  # fmt: skip
+            ratio = statistics.median(a / b for a, b in zip(added["visattn"], added["timm"], strict=True))
+            ms = [t[(lib, name)].median * 1e3 for lib in ("visattn", "timm")]
+            adds = [statistics.median(added[lib]) * 1e3 for lib in ("visattn", "timm")]
+            lines.append(f"| {label} | {image} | {batch} | {name} | {ms[0]:.1f} | {ms[1]:.1f} | "
+                         f"{adds[0]:.2f} | {adds[1]:.2f} | {ratio:.2f} |")  # fmt: skip
+            print(lines[-1], flush=True)
+            STATUS.append((3, f"{name} {label} at {image} px: visattn adds {ratio:.2f}x the time timm's "
+                           "adds (<= 0.6x)", ratio <= 0.6))  # fmt: skip
+    return lines
+
+
+def gate_times(label: str, image: int, batch: int, repeats: int) -> dict:
+    """Interleaved times of the six networks for one case."""
+    gen = torch.Generator().manual_seed(image)
+    x = torch.randn(batch, 3, image, image, generator=gen).to(memory_format=torch.channels_last)
+    y = torch.randint(1000, (batch,), generator=gen)
+    calls = {}
+    for lib, build in (("visattn", _visattn_resnet18), ("timm", _timm_resnet18)):
+        for name in ("none", "se", "cbam"):
+            model = build(name, 1000).to(memory_format=torch.channels_last).train(label == "training")
+            calls[(lib, name)] = _train_call(model, x, y) if label == "training" else _infer_call(model, x)
+    return interleave(calls, warmup=2, repeats=repeats)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not results")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["global", "windowed", "resnet", "linear"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["global", "windowed", "relative", "resnet", "linear"]
+    )
     args = parser.parse_args()
     rate = matmul_rate(2048)
     print(f"fp32 matmul rate: {rate:.1f} GFLOP/s", flush=True)
@@ -326,7 +397,8 @@ def main() -> None:
     ]
     parts = {"global": lambda: global_attention(args.quick, args.repeats, rate),
              "windowed": lambda: windowed(args.quick, args.repeats),
-             "resnet": lambda: resnet(args.quick, args.repeats),
+             "relative": lambda: relative_local(args.quick, args.repeats),
+             "resnet": lambda: gates(args.quick, args.repeats),
              "linear": lambda: linear(args.quick, args.repeats)}  # fmt: skip
     tables = []
     for name, part in parts.items():

@@ -72,13 +72,7 @@ def _width_mechanisms() -> list[str]:
     return names
 
 
-def _not_yet(name: str) -> object:
-    # criss_cross still has only ``reduction``; strict, so this mark goes once it has all four.
-    marks = [pytest.mark.xfail(strict=True, reason="not yet on the shared width options")]
-    return pytest.param(name, marks=marks) if name == "criss_cross" else name
-
-
-@pytest.mark.parametrize("name", [_not_yet(n) for n in _width_mechanisms()])
+@pytest.mark.parametrize("name", _width_mechanisms())
 def test_every_reduced_width_mechanism_takes_the_shared_options(name):
     cls = ATTENTION.get(name)
     params = inspect.signature(cls.__init__).parameters

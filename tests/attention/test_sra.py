@@ -140,7 +140,8 @@ def test_fused_kernel_operands_are_contiguous_along_the_head_dimension(monkeypat
         return original(q, k, v, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    module(torch.randn(2, 16, 9, 6).to(memory_format=torch.channels_last))
+    with torch.no_grad():  # with gradients, windows this small run the core's matmul kernel
+        module(torch.randn(2, 16, 9, 6).to(memory_format=torch.channels_last))
     assert seen == [[1, 1, 1]]
 
 

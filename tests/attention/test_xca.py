@@ -96,7 +96,8 @@ def test_residual_adds_the_input_and_fused_operands_keep_positions_contiguous(mo
         return original(q, k, v, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    module(x.to(memory_format=torch.channels_last))
+    with torch.no_grad():  # with gradients, attention this small runs the core's matmul kernel
+        module(x.to(memory_format=torch.channels_last))
     assert seen == [[1, 1, 1]]
 
 

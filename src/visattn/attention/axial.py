@@ -32,10 +32,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_heads, check_int
-from ..functional import attention, relative_index
+from .._checks import check_choice, check_int
+from ..functional import attention
+from ..layout import relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 class AxialLayer(nn.Module):

@@ -25,10 +25,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_heads, check_int
-from ..functional import Relative, attention, relative_index
+from .._checks import check_int
+from ..functional import Relative, attention
+from ..layout import relative_index
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads
 
 
 @ATTENTION.register("bot")

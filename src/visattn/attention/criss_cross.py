@@ -26,6 +26,7 @@ from .._checks import check_int
 from ..functional import attention_weights
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import hidden_width
 
 
 def _row_others(width: int, device: torch.device) -> Tensor:
@@ -41,7 +42,9 @@ class CrissCrossAttention(AttentionModule):
 
     Args:
         channels: input and output width C.
-        reduction: query / key width ``max(1, C // reduction)`` (paper: 8).
+        reduction, min_hidden, round_to, hidden: the query / key width
+            (``parts.hidden_width``): ``C // reduction`` (paper: 8), at least ``min_hidden``,
+            rounded to a multiple of ``round_to``; or ``hidden`` itself.
         recurrence: how many times the shared-weight module is applied (paper: 2).
 
     Shapes: ``(B, C, H, W) -> (B, C, H, W)``; recorded ``"window"`` maps ``r0``, ``r1``, ... of
@@ -57,11 +60,19 @@ class CrissCrossAttention(AttentionModule):
     paper = "Huang et al. 2019, CCNet: Criss-Cross Attention for Semantic Segmentation"
     complexity = "O(N·(H+W))"
 
-    def __init__(self, channels: int, *, reduction: int = 8, recurrence: int = 2) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduction: int = 8,
+        min_hidden: int = 1,
+        round_to: int = 1,
+        hidden: int | None = None,
+        recurrence: int = 2,
+    ) -> None:
         super().__init__(channels)
-        self.reduction = check_int("reduction", reduction)
         self.recurrence = check_int("recurrence", recurrence)
-        self.inner = max(1, channels // reduction)
+        self.inner = hidden_width(channels, reduction, min_hidden, round_to, hidden)
         self.qkv = nn.Linear(channels, 2 * self.inner + channels)  # query | key | value
         self.gamma = nn.Parameter(torch.zeros(1))
 

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_heads, check_int
-from ..functional import Relative, attention, grid_index, halo_index, inverse_index, window_partition, window_reverse
+from .._checks import check_float, check_int
+from ..functional import Relative, attention
+from ..layout import grid_index, halo_index, inverse_index, window_partition, window_reverse
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import check_heads, head_width, pad_to_multiple, round_up
 
 
 @ATTENTION.register("halo")
@@ -83,7 +85,7 @@ class HaloAttention(AttentionModule):
         self.block_size = check_int("block_size", block_size)
         self.halo_size = check_int("halo_size", halo_size, minimum=0)
         self.heads = check_heads(channels, heads)
-        self.head_dim = check_int("head_dim", channels // heads if head_dim is None else head_dim)
+        self.head_dim = head_width(channels, heads, head_dim)
         self.scale = self.head_dim**-0.5
         self.scale_pos_logits = scale_pos_logits
         self.mask_padding = mask_padding
@@ -102,9 +104,9 @@ class HaloAttention(AttentionModule):
         self.check_input(x)
         B, C, H, W = x.shape
         b, heads, d = self.block_size, self.heads, self.head_dim
-        Hp, Wp = -(-H // b) * b, -(-W // b) * b
+        Hp, Wp = round_up(H, b), round_up(W, b)
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        q = F.pad(self.q(tokens), (0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, heads*d)
+        q = pad_to_multiple(self.q(tokens), b, channels_last=True)  # (B, Hp, Wp, heads*d)
         q = window_partition(q, (b, b))  # (B, nBlk, b*b, heads*d)
         n_blk = q.shape[1]
         q = q.view(-1, n_blk, b * b, heads, d).permute(0, 3, 1, 2, 4)  # (B, heads, nBlk, b*b, d)
@@ -163,9 +165,8 @@ class HaloAttention(AttentionModule):
         """One row per original position: its block's weights over the block's window."""
         H, W = grid
         b = self.block_size
-        Hp, Wp = -(-H // b) * b, -(-W // b) * b
         pos = torch.arange(H * W, device=keys.device).view(1, H, W, 1)
-        pos = F.pad(pos, (0, 0, 0, Wp - W, 0, Hp - H), value=-1)  # (1, Hp, Wp, 1)
+        pos = pad_to_multiple(pos, b, channels_last=True, value=-1)  # (1, Hp, Wp, 1)
         slots = window_partition(pos, (b, b)).view(-1)  # (nBlk*b*b,) position of each query slot
         slot = inverse_index(slots, H * W)  # (N,)
         w = weights.flatten(2, 3)[:, :, slot]  # (B, heads, N, win*win)

@@ -29,9 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
-from ..functional import attention, inverse_index
+from ..functional import attention
+from ..layout import inverse_index
 from ..registry import ATTENTION
 from .base import AttentionModule
+from .parts import head_width, round_up
 
 
 def window_layout(
@@ -40,7 +42,7 @@ def window_layout(
     """The constant index data of shifted windows over an ``H x W`` map (fields of
     ``_Layout``): pad at the bottom and right to multiples of ``ws``, roll by ``-shift``,
     split into ``ws x ws`` windows."""
-    Hp, Wp, K = -(-H // ws) * ws, -(-W // ws) * ws, ws * ws
+    Hp, Wp, K = round_up(H, ws), round_up(W, ws), ws * ws
     pos = np.full((Hp, Wp), -1, dtype=np.int64)
     pos[:H, :W] = np.arange(H * W).reshape(H, W)
     pos = np.roll(pos, (-shift[0], -shift[1]), axis=(0, 1))
@@ -127,18 +129,12 @@ class ShiftedWindowAttention(AttentionModule):
                 f"shift_size must be None or an integer in [0, window_size={window_size}), got {shift_size!r}"
             )
         self.shift_size = shift
-        self.heads = check_int("heads", heads)
-        if head_dim is None:
-            if channels % heads:
-                raise ValueError(
-                    f"heads must divide channels ({channels}) when head_dim is not given, got {heads}"
-                )
-            head_dim = channels // heads
-        self.head_dim = check_int("head_dim", head_dim)
+        self.heads = heads
+        self.head_dim = head_width(channels, heads, head_dim)
         self.attn_drop = check_float("attn_drop", attn_drop, low=0.0, high=1.0)
         self.mask_padding = mask_padding
         self.residual = residual
-        inner = heads * head_dim
+        inner = heads * self.head_dim
         self.qkv = nn.Linear(channels, 3 * inner, bias=qkv_bias)
         self.proj = nn.Linear(inner, channels)
         self.proj_drop = nn.Dropout(check_float("proj_drop", proj_drop, low=0.0, high=1.0))
@@ -168,7 +164,7 @@ class ShiftedWindowAttention(AttentionModule):
         B, C, H, W = x.shape
         ws, heads, d = self.window_size, self.heads, self.head_dim
         K = ws * ws
-        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+        Hp, Wp = round_up(H, ws), round_up(W, ws)
         # torchvision's rule: no shift along an axis that a single window covers.
         shift = (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
         layout = self._layout(H, W, shift, x.device)
