@@ -341,9 +341,9 @@ def gates(quick: bool, repeats: int) -> list[str]:
         "classes, channels-last, fp32; training = forward, cross-entropy, backward and an SGD step;",
         "inference = one forward under `no_grad`. Added time = the network's time minus the same",
         "library's network without attention, in the same round; the ratio is the median over rounds",
-        "of visattn's added time over timm's (below 1: visattn's attention costs less).",
+        "of visattn's added time over timm's (below 1: visattn's attention costs less); adds in ms.",
         "",
-        "| pass | image | batch | attention | visattn ms | timm ms | visattn adds ms | timm adds ms | ratio |",
+        "| pass | image | batch | attention | visattn ms | timm ms | visattn adds | timm adds | ratio |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for label, image, batch in cases:
