@@ -16,6 +16,7 @@ from .attention import (
     create_attention,
     list_attention,
 )
+from .attention.mhsa import MultiHeadAttention
 
 # The function ``attention`` deliberately shadows the ``visattn.attention`` package as an
 # attribute of ``visattn`` (the public API names the function); import mechanisms with
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionCNN",
     "AttentionMaps",
+    "MultiHeadAttention",
     "MultiHeadSelfAttention2d",
     "SelfAttention",
     "__version__",

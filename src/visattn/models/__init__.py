@@ -10,6 +10,7 @@ from torch import nn
 from ..registry import MODELS
 from . import botnet, swin, vit  # noqa: F401  (importing registers their models)
 from .attention_cnn import AttentionCNN
+from .factory import attention_factory
 from .resnet import ResNet, load_torchvision
 from .surgery import InsertionReport, insert_attention
 from .weights import load_timm_vit, load_torchvision_vit
@@ -19,6 +20,7 @@ __all__ = [
     "AttentionCNN",
     "InsertionReport",
     "ResNet",
+    "attention_factory",
     "create_model",
     "default_attention",
     "insert_attention",
