@@ -60,7 +60,8 @@ def recover(run_dir: Path, stem: str) -> None:
 
 def recover_all(run_dir: Path) -> None:
     """``recover`` every interrupted publication in ``run_dir``."""
-    stems = {p.name[1:].removesuffix(".set-tmp").removesuffix(".set") for p in run_dir.glob(".*.set*")}
+    journals = [p for p in run_dir.glob(".*.set*") if p.is_dir() and p.name.endswith((".set", ".set-tmp"))]
+    stems = {p.name[1:].removesuffix(".set-tmp").removesuffix(".set") for p in journals}
     for stem in sorted(stems):
         recover(run_dir, stem)
 
