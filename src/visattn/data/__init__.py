@@ -55,7 +55,8 @@ class DataOptions:
             they share one, else the median shorter side, capped at 224).
         val_fraction: share of each class held out when an image folder has no val/ split.
         max_bad_fraction: refuse an image folder with more unusable files than this.
-        seed: seeds the image-folder split and the augmentation draws.
+        seed: seeds the image-folder split, the augmentation draws and the Cluttered MNIST
+            training canvases (a non-negative int; test splits never depend on it).
     """
 
     data_dir: Path | None = None
