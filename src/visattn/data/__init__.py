@@ -56,7 +56,7 @@ class DataOptions:
         val_fraction: share of each class held out when an image folder has no val/ split.
         max_bad_fraction: refuse an image folder with more unusable files than this.
         seed: seeds the image-folder split, the augmentation draws and the Cluttered MNIST
-            training canvases (a non-negative int; test splits never depend on it).
+            training canvases (a non-negative int; the Cluttered MNIST test canvases are fixed).
     """
 
     data_dir: Path | None = None
