@@ -133,7 +133,7 @@ def test_state_file_with_code_is_refused_and_not_run(tmp_path, monkeypatch, capl
     good = load_state(state)
     with state.open("wb") as f:
         pickle.dump({**good, "evil": Payload()}, f)
-    with pytest.raises(CheckpointError, match="last.state.pt is not a usable training state"):
+    with pytest.raises(CheckpointError, match=r"last\.state\.pt is not a usable training state"):
         train(config, resume=run)
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         train(config, resume=run, fallback=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from ..data import load_dataset
-from ..tasks import TASKS, Task
+from ..tasks import TASKS, Evaluation, Task
 from . import distributed as D
 from .checkpoint import CheckpointError
 from .config import TrainConfig
 from .ema import WeightEma
-from .record import RunRecord, image_size_note, summary_of
+from .record import RunRecord, image_size_note, stopped_summary, summary_of
 from .resume import TrainState, load_checkpoint, restore, save_checkpoint
 from .run_files import new_run_dir
 from .setup import (
@@ -133,6 +132,10 @@ def train(
             full = {**meta, "epoch": state.epoch, f"test_{task.score}": score}
             save_checkpoint(state, run_dir=run_dir, place=place, device=device, keep=cfg.keep, meta=full)
 
+        def evaluate() -> Evaluation:
+            return task.evaluate(state.evaluated, device=device, rank=place.rank, world=place.world,
+                                 channels_last=cfg.channels_last)  # fmt: skip
+
         if place.main:
             say(image_size_note(bundle))
             reporter.run_started(run_dir, cfg.epochs, steps, state.epoch * steps + state.batch)
@@ -162,14 +165,13 @@ def train(
                     reporter.step(state.epoch + 1, -(-state.batch // cfg.grad_accum_steps), values, rate)
                 if D.any_rank(place, stop.received is not None, device):
                     checkpoint()
-                    return _stopped(stop, run_dir, state, place)
+                    return stopped_summary(stop.name, run_dir, state, place)
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                     checkpoint()
             seconds, t1 = time.perf_counter() - t0, time.perf_counter()
 
             # Evaluate, keep the best weights, write the epoch's rows.
-            evaluation = task.evaluate(state.evaluated, device=device, rank=place.rank, world=place.world,
-                                       channels_last=cfg.channels_last)  # fmt: skip
+            evaluation = evaluate()
             state.epoch, state.batch = state.epoch + 1, 0
             train_means = {name: float(m.compute()) for name, m in state.running.items()}  # over ranks
             for metric in state.running.values():
@@ -189,8 +191,7 @@ def train(
                 reporter.epoch_done({**row, **extra})
 
         if evaluation is None:  # resumed a finished run: evaluate its weights once more
-            evaluation = task.evaluate(state.evaluated, device=device, rank=place.rank, world=place.world,
-                                       channels_last=cfg.channels_last)  # fmt: skip
+            evaluation = evaluate()
         summary = summary_of(cfg, task, state, evaluation, bundle, device=device, place=place,
                              run_dir=run_dir, seconds=time.perf_counter() - started)  # fmt: skip
         if place.main:
@@ -244,15 +245,6 @@ def _step(
 def _local_mean(metric: MeanMetric) -> float:
     """This process's running mean, without the collective that ``compute`` runs."""
     return float(metric.mean_value / metric.weight.clamp_min(1))
-
-
-def _stopped(stop: StopSignals, run_dir: Path, state: TrainState, place: D.Dist) -> dict[str, Any]:
-    """The summary of a run stopped by a signal (here or on another rank) after its checkpoint."""
-    name = stop.name if stop.received is not None else signal.SIGTERM.name
-    if place.main:
-        log.warning("stopped by %s at epoch %d, step %d; checkpoint saved", name, state.epoch + 1, state.step)
-    return {"run_dir": str(run_dir), "stopped": name, "epoch": state.epoch, "step": state.step,
-            "rank": place.rank, "resume": f"visattn train --resume {run_dir}"}  # fmt: skip
 
 
 __all__ = ["CheckpointError", "LogReporter", "Reporter", "TrainingError", "resolve_device", "train"]

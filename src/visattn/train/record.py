@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from .checkpoint import save_weights
 from .config import TrainConfig
 from .resume import TrainState
 from .run_files import TIMING_COLUMNS, CsvLog
+
+log = logging.getLogger("visattn.train.loop")
 
 
 def metric_columns(task: Task) -> list[str]:
@@ -109,3 +112,13 @@ def image_size_note(bundle: DataBundle) -> str:
     h, w = getattr(bundle, "image_size", None) or bundle.input_size
     why = getattr(bundle, "size_note", "")
     return f"training images are {h}x{w}" + (f" ({why})" if why else "")
+
+
+def stopped_summary(signal_name: str, run_dir: Path, state: TrainState, place: D.Dist) -> dict[str, Any]:
+    """The summary of a run stopped by a signal (here or on another rank) after its checkpoint."""
+    if place.main:
+        log.warning(
+            "stopped by %s at epoch %d, step %d; checkpoint saved", signal_name, state.epoch + 1, state.step
+        )
+    return {"run_dir": str(run_dir), "stopped": signal_name, "epoch": state.epoch, "step": state.step,
+            "rank": place.rank, "resume": f"visattn train --resume {run_dir}"}  # fmt: skip
