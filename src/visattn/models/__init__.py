@@ -38,9 +38,13 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
         name: a registered model name (see ``list_models``).
         num_classes: number of output logits.
         in_channels: channels of the input images.
-        **options: the model's keyword options; the common one is ``attention``, a
-            registered attention name, a callable ``channels -> module``, or ``None`` for
-            the network without attention. Left out, the model's own default is used.
+        **options: the model's keyword options; the common ones are ``attention``, a
+            registered attention name (one meaning in every model; a model whose blocks mix
+            tokens builds the mechanism's token form), a callable ``channels -> module``, or
+            ``None`` for the network without attention (``ValueError`` saying why where the
+            architecture has none, e.g. a ViT reading its class token), and
+            ``attention_options``, the named mechanism's keyword options. Both go through
+            ``visattn.models.factory.attention_factory``. Left out, the model's default is used.
 
     Example:
         >>> create_model("attention_cnn", num_classes=10, in_channels=1, attention="mhsa")

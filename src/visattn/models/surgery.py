@@ -5,8 +5,9 @@
 each point's channel count with one dry run on a small input (forward hooks that live only
 during that run), builds one attention module per point and splices it in:
 
-- residual blocks with a known branch end (table ``BRANCH_ENDS``: torchvision's and timm's
-  ResNet, MobileNet, EfficientNet, ConvNeXt, RegNet blocks, and visattn's ResNet blocks) get
+- residual blocks with a known branch end (``BRANCH_ENDS`` in ``visattn.models.blocks``:
+  torchvision's and timm's ResNet, MobileNet, EfficientNet, RegNet blocks, torchvision's
+  ConvNeXt blocks, and visattn's ResNet blocks) get
   the attention at the end of the residual branch, before the addition, where SE (Hu et al.
   2018, arXiv:1709.01507), CBAM (Woo et al. 2018, arXiv:1807.06521) and ECA put it. The
   branch's last module is wrapped (``bn3`` -> ``AttentionAfter(bn3, attention)``), or, for
@@ -31,34 +32,13 @@ from torch import Tensor, nn
 
 from .._checks import check_choice
 from ..attention import AttentionSpec
+from .blocks import BRANCH_ENDS, branch_end, known_block
 from .factory import attention_factory
 
 logger = logging.getLogger(__name__)
 
 Where = str | type[nn.Module] | Callable[[str, nn.Module], bool]
 PLACEMENTS = ("auto", "branch", "output")
-
-#: Residual blocks by qualified class name -> (attribute ending the residual branch, how):
-#: "wrap" wraps that submodule; "slot" fills that attribute (None or Identity; an occupied
-#: slot is wrapped instead). Subclasses inherit their base's entry.
-BRANCH_ENDS: dict[str, tuple[str, str]] = {
-    "torchvision.models.resnet.BasicBlock": ("bn2", "wrap"),
-    "torchvision.models.resnet.Bottleneck": ("bn3", "wrap"),
-    "torchvision.models.mobilenetv2.InvertedResidual": ("conv", "wrap"),
-    "torchvision.models.mobilenetv3.InvertedResidual": ("block", "wrap"),
-    "torchvision.models.efficientnet.MBConv": ("block", "wrap"),
-    "torchvision.models.efficientnet.FusedMBConv": ("block", "wrap"),
-    "torchvision.models.convnext.CNBlock": ("block", "wrap"),
-    "torchvision.models.regnet.ResBottleneckBlock": ("f", "wrap"),
-    "timm.models.resnet.BasicBlock": ("se", "slot"),
-    "timm.models.resnet.Bottleneck": ("se", "slot"),
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": ("bn2", "wrap"),
-    "timm.models._efficientnet_blocks.InvertedResidual": ("bn3", "wrap"),
-    "timm.models._efficientnet_blocks.EdgeResidual": ("bn2", "wrap"),
-    "timm.models.regnet.Bottleneck": ("conv3", "wrap"),
-    "visattn.models.resnet.BasicBlock": ("attn", "slot"),
-    "visattn.models.resnet.Bottleneck": ("attn", "slot"),
-}
 
 
 class AttentionAfter(nn.Module):
@@ -97,18 +77,6 @@ class InsertionReport(tuple[Insertion, ...]):
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
-def _branch_end(module: nn.Module) -> tuple[str, str] | None:
-    for cls in type(module).__mro__:
-        entry = BRANCH_ENDS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if entry is not None:
-            return entry
-    return None
-
-
-def _known(name: str, module: nn.Module) -> bool:
-    return _branch_end(module) is not None
 
 
 def _class_names(module: nn.Module) -> set[str]:
@@ -223,7 +191,7 @@ def _example(model: nn.Module, example_input: Tensor | tuple[Any, ...] | None) -
 
 def _plan(chosen: list[tuple[str, nn.Module]], placement: str) -> Iterator[_Step]:
     for name, module in chosen:
-        end = None if placement == "output" else _branch_end(module)
+        end = None if placement == "output" else branch_end(module)
         if end is None:
             if placement == "branch":
                 raise ValueError(
@@ -298,7 +266,7 @@ def insert_attention(
         raise ValueError("insert_attention needs an attention: a registered name or a callable, got None")
     example = _example(model, example_input)
     if where is None:
-        chosen = _select(model, _known)
+        chosen = _select(model, known_block)
         if not chosen:
             known = sorted({k.rpartition(".")[2] for k in BRANCH_ENDS})
             raise ValueError(
