@@ -57,3 +57,15 @@ def test_bad_files(tmp_path, text, message):
 
 def test_yaml_is_plain():
     assert yaml.safe_load(TrainConfig().to_yaml())["model"] == "attention_cnn"
+
+
+def test_every_field_documents_itself_and_names_a_registered_task():
+    """The schema is the only source of the command line's help: no field without it."""
+    assert all(field.description for field in TrainConfig.model_fields.values())
+    with pytest.raises(ConfigError, match="unknown task 'segmentation9'; valid: classification"):
+        resolve_config(None, task="segmentation9")
+
+
+def test_unset_image_size_leaves_the_choice_to_the_data():
+    assert TrainConfig().img_size is None and "image_size" not in TrainConfig().data_kwargs()
+    assert TrainConfig(img_size=32).data_kwargs()["image_size"] == 32
