@@ -136,3 +136,66 @@ def test_rollout_refuses_models_without_global_attention():
     plain = create_model("attention_cnn", num_classes=3, in_channels=1, attention=None)
     with pytest.raises(ValueError, match=r"recorded no attention.*gradcam"):
         explain(plain, torch.randn(1, 1, 8, 8), method="rollout")
+
+
+def _dense(fused: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, P, K) window weights -> (B, P, P) dense layer (padding slots dropped)."""
+    b, p, k = fused.shape
+    dense = torch.zeros(b, p, p, dtype=torch.float64)
+    for q in range(p):
+        for j in range(k):
+            if keys[q, j] >= 0:
+                dense[:, q, keys[q, j]] += fused[:, q, j]
+    return dense
+
+
+def _merging(fine: tuple[int, int], coarse: tuple[int, int]) -> torch.Tensor:
+    """(Pc, Pf): each merged token's flow shared by the positions of its 2x2 block."""
+    merge = torch.zeros(coarse[0] * coarse[1], fine[0] * fine[1], dtype=torch.float64)
+    for i in range(fine[0]):
+        for j in range(fine[1]):
+            merge[(i // 2) * coarse[1] + j // 2, i * fine[1] + j] = 1.0
+    return merge / merge.sum(dim=1, keepdim=True)
+
+
+def test_swin_rollout_and_grad_attention_are_the_written_out_products():
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=(40, 56),  # grids 10x14, 5x7, 3x4 (an odd merge), 2x2
+        window_size=3,
+        depths=(2, 2, 1, 1),
+        embed_dim=24,
+        num_heads=(1, 2, 2, 4),
+    ).eval()
+    x = torch.randn(2, 3, 40, 56)
+    with record_attention(model, grad=True) as maps:
+        score = model(x)[:, 1].sum()
+    names = list(maps)
+    grads = torch.autograd.grad(score, [maps[n] for n in names])
+
+    def chain(step) -> torch.Tensor:
+        joint = None
+        for index, name in enumerate(names):
+            layer = step(name, index)
+            if joint is not None and maps.grid(names[index - 1]) != maps.grid(name):
+                joint = _merging(maps.grid(names[index - 1]), maps.grid(name)) @ joint
+            joint = layer if joint is None else layer @ joint
+        return joint.mean(dim=1).view(2, *maps.grid(names[0]))  # mean over the last stage
+
+    def rollout_step(name: str, index: int) -> torch.Tensor:
+        a = _dense(maps[name].detach().double().mean(1), maps.keys_index(name))
+        a = a + torch.eye(a.shape[-1], dtype=torch.float64)
+        return a / a.sum(dim=-1, keepdim=True)
+
+    def chefer_step(name: str, index: int) -> torch.Tensor:
+        weighted = (grads[index].double() * maps[name].detach().double()).clamp(min=0).mean(1)
+        return torch.eye(weighted.shape[1], dtype=torch.float64) + _dense(weighted, maps.keys_index(name))
+
+    expected = _to_image(chain(rollout_step).flatten(1), maps.grid(names[0]), (40, 56))
+    torch.testing.assert_close(explain(model, x, method="rollout"), expected, atol=1e-5, rtol=0)
+    expected = _to_image(chain(chefer_step).flatten(1), maps.grid(names[0]), (40, 56))
+    torch.testing.assert_close(
+        explain(model, x, method="grad-attention", target=1), expected, atol=1e-5, rtol=0
+    )

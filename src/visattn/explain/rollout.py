@@ -12,10 +12,13 @@
 
 With a class token the map is its row of the product over the patch keys; without one
 (mean-pooled transformers, CNNs with a global attention block) it is the relevance each
-position receives, averaged over the queries.
+position receives, averaged over the queries. Windowed and hierarchical transformers (Swin)
+go through ``window_flow``: window maps composed through their shifts and patch merging.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +26,7 @@ from torch import Tensor
 from ..maps import AttentionMaps, record_attention
 from ..registry import EXPLAINERS
 from .request import HEAD_FUSIONS, Request, evaluating, takes, upsample
+from .window_flow import window_flow
 
 
 def fuse_heads(attn: Tensor, how: str) -> Tensor:
@@ -59,18 +63,15 @@ def rollout_matrix(layers: list[Tensor], *, head_fusion: str = "mean", discard_r
     return joint
 
 
-def relevance_matrix(layers: list[Tensor], grads: list[Tensor]) -> Tensor:
-    """Chefer et al.'s relevance of ``(B, heads, N, N)`` maps and their gradients -> ``(B, N, N)``."""
-    relevance = None
-    for attn, grad in zip(layers, grads, strict=True):
-        weighted = (grad.double() * attn.double()).clamp_min(0).mean(dim=1)  # (B, N, N)
-        if relevance is None:
-            relevance = torch.eye(attn.shape[-1], dtype=weighted.dtype, device=attn.device).expand_as(
-                weighted
-            )
-        relevance = relevance + weighted @ relevance
-    if relevance is None:
+def chefer_relevance(fused: list[Tensor]) -> Tensor:
+    """``R = I; R += A_l R`` over head-merged, gradient-weighted ``(B, N, N)`` layers."""
+    if not fused:
         raise ValueError("grad-attention needs at least one attention map")
+    relevance = torch.eye(fused[0].shape[-1], dtype=fused[0].dtype, device=fused[0].device).expand_as(
+        fused[0]
+    )
+    for weighted in fused:
+        relevance = relevance + weighted @ relevance
     return relevance
 
 
@@ -80,34 +81,64 @@ def token_heat(joint: Tensor, prefix: int, grid: tuple[int, int]) -> Tensor:
     return per_key.reshape(-1, *grid)
 
 
-def global_maps(maps: AttentionMaps) -> tuple[list[str], tuple[int, int], int]:
-    """Names of the maps a rollout runs through, with their patch grid and prefix count.
+def window_maps(maps: AttentionMaps) -> list[str]:
+    """Names of the recorded window maps that carry a grid and a key index, in forward order."""
+    return [
+        n
+        for n in maps
+        if maps.kind(n) == "window" and maps.grid(n) is not None and maps.keys_index(n) is not None
+    ]
 
-    Raises ``ValueError`` when the model recorded no global self-attention over positions,
-    or maps over different token sets (rollout multiplies them, so they must match).
+
+def global_maps(maps: AttentionMaps) -> tuple[list[str], tuple[int, int], int]:
+    """Names of the global self-attention maps a rollout runs through, with their patch grid
+    and prefix count; ``([], (0, 0), 0)`` when the model recorded none.
+
+    Raises ``ValueError`` for maps over different token sets (rollout multiplies them).
     """
     names, shapes = [], set()
     for name, attn in maps.items():
         grid, prefix = maps.grid(name), maps.prefix_tokens(name)
-        kind = maps.kind(name)
         if (
-            kind == "softmax"
+            maps.kind(name) == "softmax"
             and grid is not None
             and attn.shape[-1] == attn.shape[-2] == prefix + grid[0] * grid[1]
         ):
             names.append(name)
             shapes.add((grid, prefix))
-    if not names:
-        kinds = sorted({maps.kind(n) for n in maps})
-        found = f"it recorded {', '.join(kinds)} maps" if kinds else "it recorded no attention"
-        raise ValueError(
-            f"rollout and grad-attention need global self-attention over positions; {found}. "
-            "A CAM method (gradcam, gradcam++, hirescam) explains any network"
-        )
     if len(shapes) > 1:
         raise ValueError(f"rollout needs every attention map over the same tokens, got {sorted(shapes)}")
-    ((grid, prefix),) = shapes
+    ((grid, prefix),) = shapes or {((0, 0), 0)}
     return names, grid, prefix
+
+
+def _no_maps(maps: AttentionMaps) -> ValueError:
+    kinds = sorted({maps.kind(n) for n in maps})
+    found = f"it recorded only {', '.join(kinds)} maps" if kinds else "it recorded no attention"
+    return ValueError(
+        f"rollout and grad-attention need self-attention over positions (global or windowed); {found}. "
+        "A CAM method (gradcam, gradcam++, hirescam) explains any network"
+    )
+
+
+def _flow(
+    maps: AttentionMaps,
+    layers: dict[str, Tensor],
+    size: tuple[int, int],
+    *,
+    global_step: Callable[[list[Tensor]], Tensor],
+    normalise_rows: bool,
+) -> Tensor:
+    """``layers`` (name -> per-layer weights, heads fused for window maps) -> ``(B, H, W)``."""
+    names, grid, prefix = global_maps(maps)
+    if names:
+        return upsample(token_heat(global_step([layers[n] for n in names]), prefix, grid), size)
+    windows = window_maps(maps)
+    if not windows:
+        raise _no_maps(maps)
+    chain = [(layers[n], maps.keys_index(n), maps.grid(n)) for n in windows]
+    flow, grid = window_flow(chain, normalise_rows=normalise_rows)
+    return upsample(flow.view(-1, *grid), size)
 
 
 @EXPLAINERS.register("rollout")
@@ -117,11 +148,14 @@ def rollout(request: Request) -> Tensor:
     with evaluating(request.model), torch.no_grad(), record_attention(request.model) as maps:
         logits = request.model(request.images)
     request.classes(logits)  # the map does not depend on it, but a bad target is still refused
-    names, grid, prefix = global_maps(maps)
-    joint = rollout_matrix(
-        [maps[n] for n in names], head_fusion=request.head_fusion, discard_ratio=request.discard_ratio
-    )
-    return upsample(token_heat(joint, prefix, grid), request.size)
+    fusion, ratio = request.head_fusion, request.discard_ratio
+    fused = {n: discard_weakest(fuse_heads(maps[n].double(), fusion), ratio) for n in window_maps(maps)}
+    layers = {n: maps[n] for n in maps} | fused
+
+    def product(attn: list[Tensor]) -> Tensor:
+        return rollout_matrix(attn, head_fusion=fusion, discard_ratio=ratio)
+
+    return _flow(maps, layers, request.size, global_step=product, normalise_rows=True)
 
 
 @EXPLAINERS.register("grad-attention")
@@ -132,7 +166,9 @@ def grad_attention(request: Request) -> Tensor:
     images = request.images.detach().requires_grad_(True)
     with evaluating(request.model), torch.enable_grad(), record_attention(request.model, grad=True) as maps:
         logits = request.model(images)
-    names, grid, prefix = global_maps(maps)
+    names = global_maps(maps)[0] or window_maps(maps)
+    if not names:
+        raise _no_maps(maps)
     detached = [n for n in names if not maps[n].requires_grad]
     if detached:
         raise ValueError(
@@ -141,6 +177,10 @@ def grad_attention(request: Request) -> Tensor:
         )
     score = logits.gather(1, request.classes(logits.detach())[:, None]).sum()
     grads = torch.autograd.grad(score, [maps[n] for n in names], allow_unused=True)
-    grads = [torch.zeros_like(maps[n]) if g is None else g for n, g in zip(names, grads, strict=True)]
-    relevance = relevance_matrix([maps[n].detach() for n in names], grads)
-    return upsample(token_heat(relevance, prefix, grid), request.size)
+    weighted = {
+        n: (torch.zeros_like(maps[n]) if g is None else g).double() * maps[n].detach().double()
+        for n, g in zip(names, grads, strict=True)
+    }
+    # Window layers enter the chain with their heads merged; global ones keep (weight, gradient).
+    layers = {n: w.clamp_min(0).mean(dim=1) for n, w in weighted.items()}
+    return _flow(maps, layers, request.size, global_step=chefer_relevance, normalise_rows=False)

@@ -6,7 +6,9 @@ Each replacement follows its library's order exactly, computes every window's so
 explicitly, and records it as a ``"window"`` map ``(B, heads, H*W, K)`` over the unshifted,
 unpadded query grid, with ``keys`` ``(H*W, K)`` naming the position behind each window slot
 (-1 for padding). The slot index is made by pushing an image of position numbers through the
-same roll, pad and partition as the features, so the two cannot disagree. Neither library
+same roll, pad and partition as the features, so the two cannot disagree. The window
+outputs are computed from the recorded rows (``window_rows``), so that with
+``record_attention(grad=True)`` the map's gradient is the model's. Neither library
 masks padded keys when the window is not shifted, so padding slots can carry weight: the
 map keeps it, because it is the weight the model used.
 """
@@ -24,22 +26,29 @@ from ..functional import attention, inverse_index, window_partition, window_reve
 from .base import Restore, Sink, TokenLayout, patch_method, uses_own
 
 
-def window_rows(weights: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-window weights -> the recorded window map and its key index.
+def window_rows(weights: Tensor, slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-window weights -> the recorded window map, its key index, and the weights to
+    attend with.
 
     Args:
         weights: ``(B, nW, heads, K, K)`` softmax weights of every window.
         slots: ``(nW, K)`` int64: the flat position behind each window slot, -1 for padding.
 
     Returns:
-        ``(B, heads, P, K)`` rows of the P real positions in flat order, and their keys
-        ``(P, K)``.
+        ``(B, heads, P, K)`` rows of the P real positions in flat order, their keys
+        ``(P, K)``, and ``weights`` rebuilt from those rows (equal values): the output is
+        computed from the rebuilt weights so that the recorded map lies on the path to the
+        output and its gradient is the model's.
     """
     B, nw, heads, K, _ = weights.shape
     positions = int((slots >= 0).sum())
     where = inverse_index(slots, positions)  # (P,) flat slot holding each position
-    rows = weights.permute(0, 2, 1, 3, 4).reshape(B, heads, nw * K, K)[:, :, where]  # (B, heads, P, K)
-    return rows, slots[where // K]
+    flat = weights.permute(0, 2, 1, 3, 4).reshape(B, heads, nw * K, K)  # (B, heads, nW*K, K)
+    rows = flat[:, :, where]  # (B, heads, P, K)
+    rebuilt = flat.clone()
+    rebuilt[:, :, where] = rows
+    rebuilt = rebuilt.view(B, heads, nw, K, K).permute(0, 2, 1, 3, 4)  # (B, nW, heads, K, K)
+    return rows, slots[where // K], rebuilt
 
 
 def _position_image(height: int, width: int, device: torch.device) -> Tensor:
@@ -72,10 +81,8 @@ def adapt_timm_swin_block(
         _, Hp, Wp, _ = shifted.shape
         windows = swin.window_partition(shifted, self.window_size).view(-1, wh * ww, C)  # (B*nW, K, C)
         mask = self.get_attn_mask(shifted) if getattr(self, "dynamic_mask", False) else self.attn_mask
-        out, weights = _timm_window_attention(self.attn, windows, mask, (Hp // wh) * (Wp // ww))
         slots = swin.window_partition(layout_like_timm(_position_image(H, W, x.device), -1), self.window_size)
-        rows, keys = window_rows(weights, slots.reshape(-1, wh * ww))
-        sink(rows, kind="window", grid=(H, W), keys=keys)
+        out = _timm_window_attention(self.attn, windows, mask, slots.reshape(-1, wh * ww), (H, W), sink)
         shifted = swin.window_reverse(out.view(-1, wh, ww, C), self.window_size, Hp, Wp)[:, :H, :W]
         return torch.roll(shifted, shifts=(sh, sw), dims=(1, 2)) if shift else shifted.contiguous()
 
@@ -83,20 +90,23 @@ def adapt_timm_swin_block(
 
 
 def _timm_window_attention(
-    attn: nn.Module, x: Tensor, mask: Tensor | None, num_windows: int
-) -> tuple[Tensor, Tensor]:
-    """timm ``WindowAttention.forward`` with explicit weights ``(B, nW, heads, K, K)``."""
+    attn: nn.Module, x: Tensor, mask: Tensor | None, slots: Tensor, grid: tuple[int, int], sink: Sink
+) -> Tensor:
+    """timm ``WindowAttention.forward`` with explicit weights, recorded over ``grid``."""
     B_, K, _ = x.shape
+    num_windows = slots.shape[0]
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(-1, num_windows, K, 3, heads, attn.qkv.out_features // (3 * heads))
     q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, heads, K, d) each
     bias = attn._get_rel_pos_bias().unsqueeze(1)  # (1, 1, heads, K, K)
     if mask is not None:
         bias = bias + mask.view(1, num_windows, 1, K, K).to(bias.dtype)
-    dropout = attn.attn_drop.p if attn.training else 0.0
-    out, weights = attention(q, k, v, mask=bias, dropout_p=dropout, scale=attn.scale, need_weights=True)
+    _, weights = attention(q, k, v, mask=bias, scale=attn.scale, need_weights=True)
+    rows, keys, weights = window_rows(weights, slots)
+    sink(rows, kind="window", grid=grid, keys=keys)
+    out = attn.attn_drop(weights) @ v  # (B, nW, heads, K, d)
     out = out.transpose(2, 3).reshape(B_, K, -1)  # (B*nW, K, heads * d)
-    return attn.proj_drop(attn.proj(out)), weights
+    return attn.proj_drop(attn.proj(out))
 
 
 def _shift_mask(height: int, width: int, window: list[int], shift: list[int], like: Tensor) -> Tensor:
@@ -141,11 +151,11 @@ def adapt_torchvision_swin(
         bias = self.get_relative_position_bias().unsqueeze(1)  # (1, 1, heads, K, K)
         if shifted:
             bias = bias + _shift_mask(Hp, Wp, window, shift, x).view(1, nw, 1, K, K)
-        dropout = self.attention_dropout if self.training else 0.0
-        out, weights = attention(q, k, v, mask=bias, dropout_p=dropout, scale=(C // heads) ** -0.5)
+        _, weights = attention(q, k, v, mask=bias, scale=(C // heads) ** -0.5)
         slots = window_partition(layout_like_torchvision(_position_image(H, W, x.device), -1), tuple(window))
-        rows, keys = window_rows(weights, slots.reshape(nw, K))
+        rows, keys, weights = window_rows(weights, slots.reshape(nw, K))
         sink(rows, kind="window", grid=(H, W), keys=keys)
+        out = F.dropout(weights, p=self.attention_dropout, training=self.training) @ v  # (B, nW, heads, K, d)
         out = F.linear(out.transpose(2, 3).reshape(B, nw, K, -1), self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)  # (B, nW, K, C)
         out = window_reverse(out, tuple(window), Hp, Wp)  # (B, Hp, Wp, C)
