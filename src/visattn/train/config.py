@@ -169,14 +169,11 @@ class TrainConfig(BaseModel):
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword options for ``load_dataset``."""
-        kwargs = {
-            "data_dir": self.data_dir, "augment": self.augment, "val_fraction": self.val_fraction,
-            "max_bad_fraction": self.max_bad_fraction, "seed": self.seed,
+        # ``img_size`` unset: the data set chooses (``DataBundle.image_size``, ``size_note``).
+        return {
+            "data_dir": self.data_dir, "augment": self.augment, "image_size": self.img_size,
+            "val_fraction": self.val_fraction, "max_bad_fraction": self.max_bad_fraction, "seed": self.seed,
         }  # fmt: skip
-        # Unset: the data set chooses (``DataBundle.image_size`` and ``size_note`` say how).
-        if self.img_size is not None:
-            kwargs["image_size"] = self.img_size
-        return kwargs
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
