@@ -108,16 +108,6 @@ def test_grad_attention_follows_chefer_rule_on_timms_own_weights_and_gradients()
     assert not torch.allclose(got[0], explain(model, x, method="grad-attention", target=0)[0])
 
 
-def _visattn_maps_detached() -> bool:
-    model = create_model("attention_cnn", num_classes=2, in_channels=1, widths=(4,), strides=(1,))
-    with record_attention(model, grad=True) as maps:
-        model(torch.randn(1, 1, 4, 4))
-    return not maps["attn"].requires_grad
-
-
-@pytest.mark.xfail(
-    _visattn_maps_detached(), reason="visattn modules still hand out detached maps", strict=True
-)
 def test_grad_attention_on_a_visattn_cnn():
     model = create_model("attention_cnn", num_classes=3, in_channels=1, widths=(8, 8), strides=(2, 2)).eval()
     x = torch.randn(2, 1, 12, 16)

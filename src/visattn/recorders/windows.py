@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import attention, inverse_index, window_partition, window_reverse
+from ..functional import attention
+from ..layout import inverse_index, window_partition, window_reverse
 from .base import Restore, Sink, TokenLayout, patch_method, uses_own
 
 
@@ -101,7 +102,7 @@ def _timm_window_attention(
     bias = attn._get_rel_pos_bias().unsqueeze(1)  # (1, 1, heads, K, K)
     if mask is not None:
         bias = bias + mask.view(1, num_windows, 1, K, K).to(bias.dtype)
-    _, weights = attention(q, k, v, mask=bias, scale=attn.scale, need_weights=True)
+    _, weights = attention(q, k, v, bias=bias, scale=attn.scale, need_weights=True)
     rows, keys, weights = window_rows(weights, slots)
     sink(rows, kind="window", grid=grid, keys=keys)
     out = attn.attn_drop(weights) @ v  # (B, nW, heads, K, d)
@@ -151,7 +152,7 @@ def adapt_torchvision_swin(
         bias = self.get_relative_position_bias().unsqueeze(1)  # (1, 1, heads, K, K)
         if shifted:
             bias = bias + _shift_mask(Hp, Wp, window, shift, x).view(1, nw, 1, K, K)
-        _, weights = attention(q, k, v, mask=bias, scale=(C // heads) ** -0.5)
+        _, weights = attention(q, k, v, bias=bias, scale=(C // heads) ** -0.5)
         slots = window_partition(layout_like_torchvision(_position_image(H, W, x.device), -1), tuple(window))
         rows, keys, weights = window_rows(weights, slots.reshape(nw, K))
         sink(rows, kind="window", grid=(H, W), keys=keys)
