@@ -11,8 +11,11 @@ from .heatmap import (
     spatial_map_names,
 )
 from .methods import explain
+from .metrics import PerturbationCurves, deletion_insertion
 
 __all__ = [
+    "PerturbationCurves",
+    "deletion_insertion",
     "explain",
     "map_to_heatmap",
     "maps_heatmap",
