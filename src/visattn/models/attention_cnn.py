@@ -7,15 +7,9 @@ Here attention runs across the H*W positions (any input size >= 1x1), the stem d
 so that attention sees a grid it can afford, and ``attention=None`` gives the identical
 network without attention for fair comparisons.
 
-Bounded attention grid: a global attention's cost grows with the square of the number of
-positions N, and the stem alone leaves N growing with the input (56 x 56 = 3,136 positions at
-224 px, 200x the pairs of the 15 x 15 grid of a 60 px input). When the stem's grid holds more
-than ``max_tokens`` positions, it is average-pooled by the smallest integer factor f with
-``ceil(H'/f) * ceil(W'/f) <= max_tokens`` (kernel = stride = f, partial windows at the bottom
-and right averaged over the positions they hold) before the attention; the classifier pools
-that attended map. The default 256 leaves every input up to 64 x 64 as before (the 60 px main
-job: 15 x 15 = 225) and brings 224 px to 14 x 14. The pooling belongs to the network, so
-``attention=None`` pools the same way.
+The attention grid is bounded (``max_tokens``, see ``AttentionCNN``): a global attention's cost
+grows with the square of the number of positions, which the stem alone leaves growing with
+the input.
 """
 
 from __future__ import annotations
@@ -55,9 +49,14 @@ class AttentionCNN(nn.Module):
         widths: output channels of each 3x3 conv-BN-ReLU stage of the stem.
         strides: stride of each stage; the product is the total downsampling.
         drop_rate: dropout before the classifier while training.
-        max_tokens: the most positions the attention sees: a larger stem grid is
-            average-pooled by the smallest integer factor that fits (see the module
-            docstring); ``None`` never pools.
+        max_tokens: the most positions the attention sees (``None``: no bound). When the
+            stem's ``H' x W'`` grid holds more, it is average-pooled by the smallest integer
+            factor f with ``ceil(H'/f) * ceil(W'/f) <= max_tokens`` (kernel = stride = f;
+            partial windows at the bottom and right average the positions they hold) before
+            the attention, and the classifier pools that attended map. The default 256 leaves
+            every input up to 64 x 64 px unchanged (the 60 px main job: 15 x 15 = 225) and
+            brings 224 px (56 x 56 = 3,136 positions, 194x the pairs of 15 x 15) to 14 x 14.
+            The pooling belongs to the network: ``attention=None`` pools the same way.
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for any H, W >= 1.
 
