@@ -15,6 +15,7 @@ from visattn.attention.bot import BottleneckSelfAttention
 from visattn.attention.mhsa import MultiHeadAttention, MultiHeadSelfAttention2d
 from visattn.models import MODELS, create_model, default_attention
 from visattn.models.factory import attention_factory, mechanism_class
+from visattn.models.vit import VisionTransformer
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "src" / "visattn" / "models"
 
@@ -104,3 +105,13 @@ def test_a_callable_of_the_wrong_layout_is_refused():
     make = attention_factory(lambda c: MultiHeadSelfAttention2d(c), model="VisionTransformer", layout="token")
     with pytest.raises(ValueError, match=r"returned a MultiHeadSelfAttention2d for \(B, C, H, W\) feature"):
         make(16)
+
+
+def test_vit_takes_a_token_callable():
+    options = {"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "heads": 2}
+    named = VisionTransformer(5, **options).eval()
+    custom = VisionTransformer(5, **options, attention=lambda c: MultiHeadAttention(c, heads=2)).eval()
+    custom.load_state_dict(named.state_dict())  # the same keys: blocks.i.attn.{qkv, proj}
+    x = torch.randn(2, 3, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(custom(x), named(x))
