@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from visattn import create_model, record_attention
+from visattn.attention.base import AttentionModule
 from visattn.explain import explain
 
 timm = pytest.importorskip("timm")
@@ -189,3 +190,21 @@ def test_swin_rollout_and_grad_attention_are_the_written_out_products():
     torch.testing.assert_close(
         explain(model, x, method="grad-attention", target=1), expected, atol=1e-5, rtol=0
     )
+
+
+class _OffPath(AttentionModule):
+    """Records a copy of its weights that the output is not computed from."""
+
+    family = "global"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        weights = (tokens @ tokens.transpose(1, 2)).softmax(-1)  # (B, N, N)
+        self.keep_map(weights.clone().unsqueeze(1), kind="softmax", grid=tuple(x.shape[-2:]))
+        return x + (weights @ tokens).transpose(1, 2).reshape(x.shape)
+
+
+def test_grad_attention_refuses_maps_off_the_output_path():
+    model = torch.nn.Sequential(_OffPath(4), torch.nn.Flatten(), torch.nn.Linear(4 * 9, 2))
+    with pytest.raises(ValueError, match="maps of 0 are not on the path to the output"):
+        explain(model, torch.randn(1, 4, 3, 3), method="grad-attention")

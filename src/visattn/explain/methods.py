@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..registry import EXPLAINERS
 from . import baselines, cam, rollout  # noqa: F401  (each registers its methods)
-from .request import HEAD_FUSIONS, Request
+from .request import HEAD_FUSIONS, Request, evaluating
 
 
 def explain(
@@ -86,4 +86,5 @@ def explain(
             discard_ratio=0.0 if discard_ratio is None else discard_ratio,
             seed=0 if seed is None else seed,
         )
-        return explainer(request)
+        with evaluating(model):
+            return explainer(request)

@@ -177,10 +177,14 @@ def grad_attention(request: Request) -> Tensor:
         )
     score = logits.gather(1, request.classes(logits.detach())[:, None]).sum()
     grads = torch.autograd.grad(score, [maps[n] for n in names], allow_unused=True)
-    weighted = {
-        n: (torch.zeros_like(maps[n]) if g is None else g).double() * maps[n].detach().double()
-        for n, g in zip(names, grads, strict=True)
-    }
+    off_path = [n for n, g in zip(names, grads, strict=True) if g is None]
+    if off_path:
+        # A recorded copy that the output was not computed from has no gradient to read.
+        raise ValueError(
+            f"grad-attention: the maps of {', '.join(off_path)} are not on the path to the output, "
+            "so their gradient is undefined"
+        )
+    weighted = {n: g.double() * maps[n].detach().double() for n, g in zip(names, grads, strict=True)}
     # Window layers enter the chain with their heads merged; global ones keep (weight, gradient).
     layers = {n: w.clamp_min(0).mean(dim=1) for n, w in weighted.items()}
     return _flow(maps, layers, request.size, global_step=chefer_relevance, normalise_rows=False)
