@@ -113,14 +113,14 @@ def _windows_of_positions(
     return pos.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
 
 
-def _check_window_map(attn, keys, reference, slots):
+def _check_window_map(attn, keys, reference, slots, atol=1e-6):
     """The recorded rows of every position equal its row in the model's own window softmax."""
     nw, k = slots.shape
     reference = reference.view(-1, nw, *reference.shape[1:])  # (B, nW, heads, K, K)
     for p in range(attn.shape[2]):
         w, s = divmod(int((slots.flatten() == p).nonzero()), k)
         assert torch.equal(keys[p], slots[w])
-        torch.testing.assert_close(attn[:, :, p], reference[:, w, :, s], atol=1e-6, rtol=0)
+        torch.testing.assert_close(attn[:, :, p], reference[:, w, :, s], atol=atol, rtol=0)
 
 
 def test_timm_swin_window_maps_equal_its_softmax():
@@ -201,3 +201,38 @@ def test_patches_undone_after_errors_and_nesting_and_grad():
         score = model(x)[0, 1]
     grads = torch.autograd.grad(score, list(maps.values()))
     assert all(g.shape == m.shape and g.abs().sum() > 0 for g, m in zip(grads, maps.values(), strict=True))
+
+
+def test_timm_swin_window_map_gradients_are_the_models():
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=(40, 56),
+        window_size=3,
+        depths=(2, 2, 1, 1),
+        embed_dim=24,
+        num_heads=(1, 2, 2, 4),
+    ).eval()
+    x = torch.randn(2, 3, 40, 56)
+    own: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        own.append(out)
+
+    hooks = [b.attn.softmax.register_forward_hook(keep) for b in model.layers[0].blocks]
+    # Scaled so that the gradients are of order 1 and an absolute tolerance means something.
+    (1e3 * model(x)[:, 2].sum()).backward()  # timm's own window softmax and its gradient
+    for h in hooks:
+        h.remove()
+    with record_attention(model, grad=True) as maps:
+        score = 1e3 * model(x)[:, 2].sum()
+    names = ["layers.0.blocks.0.attn", "layers.0.blocks.1.attn"]
+    grads = torch.autograd.grad(score, [maps[n] for n in names])
+    for name, grad, reference in zip(names, grads, own, strict=True):
+        block = model.get_submodule(name.rsplit(".", 1)[0])
+        h, w = maps.grid(name)
+        slots = _windows_of_positions(h, w, block.window_size, block.shift_size, pad_first=False)
+        assert float(grad.abs().max()) > 0.1
+        _check_window_map(grad, maps.keys_index(name), reference.grad, slots, atol=1e-5)
