@@ -236,3 +236,25 @@ def test_timm_swin_window_map_gradients_are_the_models():
         slots = _windows_of_positions(h, w, block.window_size, block.shift_size, pad_first=False)
         assert float(grad.abs().max()) > 0.1
         _check_window_map(grad, maps.keys_index(name), reference.grad, slots, atol=1e-5)
+
+
+def test_layers_inside_a_visattn_module_are_not_recorded_twice():
+    from visattn.attention.base import AttentionModule
+
+    class Wrapper(AttentionModule):
+        family = "global"
+        layout = "token"
+
+        def __init__(self, channels: int) -> None:
+            super().__init__(channels)
+            self.inner = torch.nn.MultiheadAttention(channels, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, weights = self.inner(x, x, x, need_weights=True, average_attn_weights=False)
+            self.keep_map(weights, kind="softmax")
+            return out
+
+    model = torch.nn.Sequential(Wrapper(8))
+    with record_attention(model) as maps:
+        model(torch.randn(1, 3, 8))
+    assert list(maps) == ["0"]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..attention.base import AttentionModule
 from .base import Restore, Sink, TokenLayout, token_layouts
 from .mha import adapt_multihead_attention
 from .timm_attention import adapt_timm_attention
@@ -45,9 +46,13 @@ def install(model: nn.Module, sink_for: Callable[[str], Sink]) -> list[Restore]:
         the restore callables, to be called (in any order) when recording ends.
     """
     layouts = token_layouts(model)
+    # A visattn module records its own map; layers it is built from are not recorded again.
+    own = [n + "." for n, m in model.named_modules() if isinstance(m, AttentionModule)]
     restores: list[Restore] = []
     try:
         for name, module in model.named_modules():
+            if any(name.startswith(prefix) for prefix in own):
+                continue
             for adapter in ADAPTERS:
                 restore = adapter(module, name or type(module).__name__, sink_for, layouts.get(name))
                 if restore is not None:
