@@ -28,14 +28,18 @@ from ..registry import EXPLAINERS
 from .request import HEAD_FUSIONS, Request, evaluating, takes, upsample
 from .window_flow import window_flow
 
+_FUSE: dict[str, Callable[[Tensor], Tensor]] = {
+    "mean": lambda attn: attn.mean(dim=1),
+    "max": lambda attn: attn.amax(dim=1),
+    "min": lambda attn: attn.amin(dim=1),
+}
+
 
 def fuse_heads(attn: Tensor, how: str) -> Tensor:
     """``(B, heads, N, N)`` -> ``(B, N, N)`` by ``how`` in mean, max, min."""
-    if how not in HEAD_FUSIONS:
+    if how not in _FUSE:
         raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {how!r}")
-    if how == "mean":
-        return attn.mean(dim=1)
-    return attn.amax(dim=1) if how == "max" else attn.amin(dim=1)
+    return _FUSE[how](attn)
 
 
 def discard_weakest(fused: Tensor, ratio: float) -> Tensor:
