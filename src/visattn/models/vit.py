@@ -12,8 +12,7 @@ kept, as timm's ``dynamic_img_size`` does. Sides that are not multiples of the p
 zero-padded at the bottom and right before the patch embedding (timm's ``dynamic_img_pad``), so
 no pixel is dropped; recorded maps then cover the padded grid.
 
-Deviations from the paper: none at ``img_size``. ``pool="mean"`` (average of the patch tokens) is
-an option; the paper's head reads the class token.
+Deviations from the paper: none at ``img_size``; ``pool="mean"`` (mean of the patch tokens) is an option.
 
 Reference checked against: torchvision ``vit_b_16`` and timm ``vit_base_patch16_224`` (same weights
 through ``load_torchvision_vit`` / ``load_timm_vit``), timm ``dynamic_img_size`` /
@@ -67,11 +66,8 @@ class _Block(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6) if attention is not None else None
-        self.attn = (
-            attention(dim, heads=heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-            if attention is not None
-            else None
-        )
+        settings = {"heads": heads, "qkv_bias": qkv_bias, "attn_drop": attn_drop, "proj_drop": drop}
+        self.attn = attention(dim, **settings) if attention is not None else None
         self.drop_path = StochasticDepth(drop_path, "row")
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -110,14 +106,11 @@ class VisionTransformer(nn.Module):
         heads: attention heads per block.
         mlp_ratio: MLP hidden width over ``embed_dim``.
         qkv_bias: bias in the Q/K/V projections.
-        attention: the token mixer of every block: a registered mechanism with a token form
-            (``"mhsa"``, multi-head self-attention over all tokens: ``MultiHeadAttention``, the
-            token form of ``MultiHeadSelfAttention2d``), a callable ``channels -> module`` whose
-            module maps ``(B, N, C)`` tokens and takes ``grid=`` in ``forward``, or ``None`` for
-            the same blocks without attention (needs ``pool="mean"``: without attention the
-            class token never sees the image).
-        attention_options: keyword options of the named mechanism; the model sets ``heads``,
-            ``qkv_bias``, ``attn_drop`` and ``proj_drop`` (``drop_rate``) itself.
+        attention: every block's token mixer: a registered name with a token form (``"mhsa"``:
+            its ``MultiHeadAttention``), a callable ``channels -> module`` taking ``(B, N, C)``
+            and ``grid=``, or ``None`` (needs ``pool="mean"``: the class token would never see
+            the image). ``attention_options``: its options, but for ``heads``, ``qkv_bias``,
+            ``attn_drop`` and ``proj_drop`` (``drop_rate``), which the model sets.
         pool: ``"token"`` (class token, the paper) or ``"mean"`` (mean of the patch tokens).
         drop_rate: dropout after the position embedding, in the MLPs and before the head.
         attn_drop: dropout on the attention weights.
