@@ -18,6 +18,7 @@ __all__ = [
     "neighborhood_index",
     "relative_index",
     "relative_position_index",
+    "rows_on_path",
     "sincos_2d",
     "window_partition",
     "window_reverse",
@@ -206,6 +207,34 @@ def inverse_index(slots: Tensor, length: int) -> Tensor:
     target = torch.where(flat < 0, length, flat)
     order = torch.arange(flat.numel(), device=slots.device)
     return torch.zeros(length + 1, dtype=torch.long, device=slots.device).scatter(0, target, order)[:length]
+
+
+def rows_on_path(flat: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather per-position rows of window weights so that the gathered copy stays on the
+    path to the output.
+
+    A windowed mechanism records one row per original position, gathered from its per-window
+    weights; for gradient-based explanations the recorded tensor itself must feed the output.
+    This returns the gathered rows and the weights rebuilt from them (equal values): attend
+    with the rebuilt weights and the recorded rows' gradient is the model's.
+
+    Args:
+        flat: ``(B, heads, slots, K)`` weights of every window slot.
+        where: ``(P,)`` int64: the slot of each recorded position (see ``inverse_index``).
+
+    Returns:
+        ``(rows (B, heads, P, K), rebuilt (B, heads, slots, K))``.
+
+    Example:
+        >>> w = torch.rand(1, 2, 4, 3)
+        >>> rows, rebuilt = rows_on_path(w, torch.tensor([2, 0]))
+        >>> torch.equal(rows, w[:, :, [2, 0]]), torch.equal(rebuilt, w)
+        (True, True)
+    """
+    rows = flat[:, :, where]  # (B, heads, P, K)
+    rebuilt = flat.clone()
+    rebuilt[:, :, where] = rows
+    return rows, rebuilt
 
 
 def sincos_2d(

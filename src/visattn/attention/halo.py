@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .._checks import check_float, check_int
 from ..functional import Relative, attention
-from ..layout import grid_index, halo_index, inverse_index, window_partition, window_reverse
+from ..layout import grid_index, halo_index, inverse_index, rows_on_path, window_partition, window_reverse
 from ..registry import ATTENTION
 from .base import AttentionModule
 from .parts import check_heads, head_width, pad_to_multiple, round_up
@@ -132,12 +132,13 @@ class HaloAttention(AttentionModule):
                 torch.where(rows < 0, float("-inf"), 0.0)[:, None].expand(nbh, nbw, -1).reshape(n_blk, -1),
                 torch.where(cols < 0, float("-inf"), 0.0)[None].expand(nbh, nbw, -1).reshape(n_blk, -1),
             )  # (nBlk, win) each
+        p = self.attn_drop if self.training else 0.0
         out, weights = attention(  # (B, heads, nBlk, b*b, C/heads)
-            q, k, v, rel=self._position_logits(q, outside), scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.0, need_weights=self.recording,
+            q, k, v, rel=self._position_logits(q, outside), scale=self.scale, dropout_p=p,
+            need_weights=self.recording,
         )  # fmt: skip
-        if weights is not None:
-            self._keep_window_map(weights, keys, (H, W))
+        if weights is not None:  # attend with the recorded rows, so that their gradient is the model's
+            out = self._keep_window_map(weights, keys, (H, W), p) @ v
         out = out.permute(0, 2, 3, 1, 4).reshape(-1, n_blk, b * b, C)  # (B, nBlk, b*b, C)
         out = window_reverse(out, (b, b), Hp, Wp)[:, :H, :W].permute(0, 3, 1, 2)  # (B, C, H, W)
         return x + out if self.residual else out
@@ -161,16 +162,19 @@ class HaloAttention(AttentionModule):
             cols = cols + outside[1][:, None, None, :]
         return Relative(rows.flatten(-3, -2), cols.flatten(-3, -2))  # (..., b*b, win) each
 
-    def _keep_window_map(self, weights: Tensor, keys: Tensor, grid: tuple[int, int]) -> None:
-        """One row per original position: its block's weights over the block's window."""
+    def _keep_window_map(self, weights: Tensor, keys: Tensor, grid: tuple[int, int], p: float) -> Tensor:
+        """Record one row per original position (its block's weights over the block's
+        window) and return the weights rebuilt from those rows, after dropout."""
         H, W = grid
         b = self.block_size
         pos = torch.arange(H * W, device=keys.device).view(1, H, W, 1)
         pos = pad_to_multiple(pos, b, channels_last=True, value=-1)  # (1, Hp, Wp, 1)
         slots = window_partition(pos, (b, b)).view(-1)  # (nBlk*b*b,) position of each query slot
-        slot = inverse_index(slots, H * W)  # (N,)
-        w = weights.flatten(2, 3)[:, :, slot]  # (B, heads, N, win*win)
-        self.keep_map(w, kind="window", grid=grid, keys=keys[slot // (b * b)])
+        where = inverse_index(slots, H * W)  # (N,)
+        rows, rebuilt = rows_on_path(weights.flatten(2, 3), where)  # (B, heads, N, win*win), ...
+        self.keep_map(rows, kind="window", grid=grid, keys=keys[where // (b * b)])
+        rebuilt = rebuilt.view_as(weights)  # (B, heads, nBlk, b*b, win*win)
+        return F.dropout(rebuilt, p) if p > 0 else rebuilt
 
     def extra_repr(self) -> str:
         return (

@@ -26,11 +26,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
 from ..functional import attention
-from ..layout import inverse_index
+from ..layout import inverse_index, rows_on_path
 from ..registry import ATTENTION
 from .base import AttentionModule
 from .parts import head_width, round_up
@@ -179,24 +180,34 @@ class ShiftedWindowAttention(AttentionModule):
         qkv = qkv.view(B, n_win, K, 3, heads, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nWin, heads, K, d)
         q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias_table[layout.bias_index].view(K, K, heads).permute(2, 0, 1)
+        p = self.attn_drop if self.training else 0.0
         out, weights = attention(  # (B, nWin, heads, K, d)
-            q, k, v, mask=layout.allowed, bias=bias, scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.0, need_weights=self.recording,
-        )  # fmt: skip
-        if weights is not None:
-            self._keep_window_map(weights.reshape(B, n_win * heads, K, K), layout.src, (H, W))
+            q,
+            k,
+            v,
+            mask=layout.allowed,
+            bias=bias,
+            scale=self.scale,
+            dropout_p=p,
+            need_weights=self.recording,
+        )
+        if weights is not None:  # attend with the recorded rows, so that their gradient is the model's
+            out = self._keep_window_map(weights, layout.src, (H, W), p) @ v
         out = out.transpose(2, 3).reshape(B, n_win * K, heads * d)  # (B, nWin*K, inner)
         out = self.proj_drop(self.proj(out.index_select(1, layout.slot)))  # (B, N, C): own slots
         out = out.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + out if self.residual else out
 
-    def _keep_window_map(self, weights: Tensor, src: Tensor, grid: tuple[int, int]) -> None:
-        """Reorder per-window weights to one row per original position."""
-        B, K = weights.shape[0], weights.shape[-1]
-        n_win = src.shape[0]
-        w = weights.view(B, n_win, self.heads, K, K).transpose(1, 2).reshape(B, self.heads, n_win * K, K)
-        slot = inverse_index(src, grid[0] * grid[1])  # (N,): window slot of each original position
-        self.keep_map(w[:, :, slot], kind="window", grid=grid, keys=src[slot // K])  # (B, heads, N, K)
+    def _keep_window_map(self, weights: Tensor, src: Tensor, grid: tuple[int, int], p: float) -> Tensor:
+        """Record one row per original position (its window's weights, ``(B, heads, N, K)``)
+        and return the per-window weights rebuilt from those rows, after dropout."""
+        B, n_win, heads, K, _ = weights.shape
+        flat = weights.transpose(1, 2).reshape(B, heads, n_win * K, K)  # (B, heads, nWin*K, K)
+        where = inverse_index(src, grid[0] * grid[1])  # (N,): window slot of each original position
+        rows, rebuilt = rows_on_path(flat, where)
+        self.keep_map(rows, kind="window", grid=grid, keys=src[where // K])  # (B, heads, N, K)
+        rebuilt = rebuilt.view(B, heads, n_win, K, K).transpose(1, 2)  # (B, nWin, heads, K, K)
+        return F.dropout(rebuilt, p) if p > 0 else rebuilt
 
     def extra_repr(self) -> str:
         return (

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import attention
-from ..layout import inverse_index, window_partition, window_reverse
+from ..layout import inverse_index, rows_on_path, window_partition, window_reverse
 from .base import Restore, Sink, TokenLayout, patch_method, uses_own
 
 
@@ -42,12 +42,9 @@ def window_rows(weights: Tensor, slots: Tensor) -> tuple[Tensor, Tensor, Tensor]
         output and its gradient is the model's.
     """
     B, nw, heads, K, _ = weights.shape
-    positions = int((slots >= 0).sum())
-    where = inverse_index(slots, positions)  # (P,) flat slot holding each position
+    where = inverse_index(slots, int((slots >= 0).sum()))  # (P,) flat slot holding each position
     flat = weights.permute(0, 2, 1, 3, 4).reshape(B, heads, nw * K, K)  # (B, heads, nW*K, K)
-    rows = flat[:, :, where]  # (B, heads, P, K)
-    rebuilt = flat.clone()
-    rebuilt[:, :, where] = rows
+    rows, rebuilt = rows_on_path(flat, where)  # (B, heads, P, K), (B, heads, nW*K, K)
     rebuilt = rebuilt.view(B, heads, nw, K, K).permute(0, 2, 1, 3, 4)  # (B, nW, heads, K, K)
     return rows, slots[where // K], rebuilt
 
