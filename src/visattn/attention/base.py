@@ -65,6 +65,7 @@ class AttentionModule(nn.Module):
         grid: tuple[int, int] | None = None,
         keys: Tensor | None = None,
         part: str | None = None,
+        prefix: int = 0,
     ) -> None:
         """Hand a map to the active recorder, if any (a no-op unless recording).
 
@@ -83,10 +84,12 @@ class AttentionModule(nn.Module):
             keys: for ``"window"`` maps, ``(H*W, K)`` int64: the flat position each window
                 slot reads from, ``-1`` for padding (which must carry zero weight).
             part: a name for one of several maps of the same module (``name:part``).
+            prefix: for ``"softmax"`` maps over tokens, how many leading tokens (class,
+                register) come before the ``grid`` positions, among both queries and keys.
         """
         if self.recording and self._map_sink is not None:
             # The recorder detaches unless it was asked for gradients (explanation methods).
-            self._map_sink(attn, kind=kind, grid=grid, keys=keys, part=part)
+            self._map_sink(attn, kind=kind, grid=grid, keys=keys, part=part, prefix=prefix)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
