@@ -69,7 +69,7 @@ def plain_table(sizes: list[int], repeats: int, budget: int) -> list[str]:
         q, k, v = operands(w, n, grad=True)
         t = interleave({"matmul": step("matmul", q, k, v), "fused": step("fused", q, k, v)}, warmup=1,
                        repeats=repeats)  # fmt: skip
-        ratio = paired_ratio(t["fused"], t["matmul"])
+        ratio = paired_ratio(t["matmul"], t["fused"])  # fused time over matmul time
         ms = [t[name].median * 1e3 for name in ("matmul", "fused")]
         lines.append(f"| {n} | {w} | {ms[0]:.1f} | {ms[1]:.1f} | {ratio:.2f} |")
         print(lines[-1], flush=True)
@@ -97,7 +97,7 @@ def relative_table(sides: list[int], repeats: int, budget: int) -> list[str]:
             runs = {name: step(name, q, k, v, rel=rel) for name in ("matmul", "fused")}
             with torch.set_grad_enabled(grad):
                 t = interleave(runs, warmup=1, repeats=repeats)
-            ratio = paired_ratio(t["fused"], t["matmul"])
+            ratio = paired_ratio(t["matmul"], t["fused"])  # fused time over matmul time
             lines.append(
                 f"| {side}x{side} | {n} | {w} | {label} | {t['matmul'].median * 1e3:.1f} | "
                 f"{t['fused'].median * 1e3:.1f} | {ratio:.2f} |"

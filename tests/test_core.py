@@ -122,14 +122,20 @@ def test_rules():
     # Dropout: only the fused kernel and autograd have it.
     assert choose_kernel(*small, Terms(None, None, None), 0.1) == "fused"
     assert choose_kernel(*small, learnable, 0.1) == "explicit"
-    # Relative logits: matmuls on small windows, folded into the fused kernel on large maps,
-    # unless they hold -inf (0 * -inf in the folded product would be NaN).
-    rows, cols = leaves((1, 2, 1024, 32), (1, 2, 1024, 32))
-    assert choose_kernel(*big, Terms(None, None, Relative(rows, cols)), 0.0) == "fused"
-    blocked = Relative(rows.detach().clone().index_fill_(-1, torch.tensor([0]), float("-inf")), cols)
-    assert choose_kernel(*big, Terms(None, None, blocked), 0.0) in ("matmul", "chunked")
+    # Relative logits: matmuls with gradients and on small maps; in inference on large maps
+    # folded into the fused kernel, unless they hold -inf (0 * -inf in the fold is NaN).
+    side = math.ceil(functional.RULES.rel_scores**0.25) + 1  # (side * side)**2 > rel_scores
+    large = leaves(*[(1, 1, side * side, 8)] * 3)
+    rows, cols = leaves((1, 1, side * side, side), (1, 1, side * side, side))
+    assert choose_kernel(*large, Terms(None, None, Relative(rows, cols)), 0.0) in ("matmul", "chunked")
+    with torch.no_grad():
+        assert choose_kernel(*large, Terms(None, None, Relative(rows, cols)), 0.0) == "fused"
+        blocked = Relative(rows.clone().index_fill_(-1, torch.tensor([0]), float("-inf")), cols)
+        assert choose_kernel(*large, Terms(None, None, blocked), 0.0) in ("matmul", "chunked")
     r7, c7 = leaves((4, 2, 49, 7), (4, 2, 49, 7))
     assert choose_kernel(*small, Terms(None, None, Relative(r7, c7)), 0.0) == "matmul"
+    with torch.no_grad():
+        assert choose_kernel(*small, Terms(None, None, Relative(r7, c7)), 0.0) == "matmul"
 
 
 def test_rule_chunks_when_scores_exceed_the_budget(monkeypatch):

@@ -56,20 +56,22 @@ KERNELS = ("auto", "fused", "matmul", "chunked", "explicit")
 
 @dataclass(frozen=True)
 class KernelRules:
-    """Thresholds of the kernel choice (numbers behind each in docs/architecture.md).
+    """Thresholds of the kernel choice, set from ``benchmarks/core_rules.py`` (its tables in
+    docs/benchmarks.md, the rules in docs/architecture.md).
 
     Attributes:
         train_scores: with gradients and no learnable term, attention over at most this many
-            scores per (query set x key set) pair, ``L * S``, runs ``matmul``: the flash
-            kernel's backward is slower than batched matmuls on small windows.
-        rel_scores: relative logits over at most this many ``L * S`` run ``matmul``; above
-            it they are folded into the operands of the fused kernel.
+            scores per (query set, key set) pair, ``L * S``, runs ``matmul``: up to 144 x 144
+            batched matmuls beat the flash kernel's backward, from 196 x 196 on they lose.
+        rel_scores: relative logits in inference over more than this many scores are folded
+            into the fused kernel's operands; below it, and whenever gradients flow, ``matmul``
+            is faster (0.45-0.8 of the folded kernel's time up to 32 x 32 maps).
         score_bytes: ``matmul`` whose scores for the whole batch would take more than this
             runs ``chunked``.
     """
 
-    train_scores: int = 64 * 64
-    rel_scores: int = 256 * 256
+    train_scores: int = 144 * 144
+    rel_scores: int = 1536 * 1536
     score_bytes: int = 1 << 30
 
 
@@ -144,19 +146,18 @@ def attention(
 def choose_kernel(q: Tensor, k: Tensor, v: Tensor, terms: Terms, dropout_p: float) -> str:
     """The kernel ``attention`` runs when the weights are not wanted (see ``KernelRules``)."""
     grad = torch.is_grad_enabled()
-    learnable = grad and any(t is not None and t.requires_grad for t in (terms.bias, *(terms.rel or ())))
+    extra = (terms.bias, *(terms.rel or ()))
+    learnable = grad and any(t is not None and t.requires_grad for t in extra)
+    training = learnable or (grad and any(t.requires_grad for t in (q, k, v)))
     if dropout_p > 0:  # only the fused kernel and autograd have dropout
         return "explicit" if learnable else "fused"
     scores = q.shape[-2] * k.shape[-2]
     if terms.rel is not None:
-        small = scores <= RULES.rel_scores
-        if not small and all(bool(t.isfinite().all()) for t in terms.rel):
+        large = not training and scores > RULES.rel_scores
+        if large and all(bool(t.isfinite().all()) for t in terms.rel):
             return "fused"  # folded into the operands: no L x S tensor
-    else:
-        training = grad and any(t.requires_grad for t in (q, k, v))
-        small = training and scores <= RULES.train_scores
-        if not (learnable or small):
-            return "fused"
+    elif not (learnable or (training and scores <= RULES.train_scores)):
+        return "fused"
     return "chunked" if _chunk_rows(q, k, v) < q.shape[-2] else "matmul"
 
 

@@ -127,8 +127,8 @@ def test_clipping_only_matters_beyond_max_distance():
 
 
 def test_large_maps_run_the_flash_kernel_small_ones_matmuls(sdpa_calls):
-    """The core's rule: relative logits over more than ``RULES.rel_scores`` scores are folded
-    into the flash kernel's operands; smaller maps run batched matmuls."""
+    """The core's rule: in inference, relative logits over more than ``RULES.rel_scores``
+    scores are folded into the flash kernel's operands; smaller maps run batched matmuls."""
     module = BottleneckSelfAttention(16).eval()
     side = math.ceil(RULES.rel_scores**0.25) + 1  # (side * side)**2 scores > rel_scores
     with torch.no_grad():
