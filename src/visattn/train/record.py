@@ -109,9 +109,11 @@ def summary_of(
 
 def image_size_note(bundle: DataBundle) -> str:
     """One line saying at which size the images are trained and why."""
+    why = getattr(bundle, "size_note", "")  # starts with the size: "32x32: every image has this size"
+    if why:
+        return f"image size {why}"
     h, w = getattr(bundle, "image_size", None) or bundle.input_size
-    why = getattr(bundle, "size_note", "")
-    return f"training images are {h}x{w}" + (f" ({why})" if why else "")
+    return f"image size {h}x{w}"
 
 
 def stopped_summary(signal_name: str, run_dir: Path, state: TrainState, place: D.Dist) -> dict[str, Any]:
