@@ -55,6 +55,7 @@ def test_resume_last_falls_back_and_says_so(finished, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{run / 'last.safetensors'} cannot be used" in result.stderr
     assert f"resuming from the older snapshot {run / 'step-0000040.safetensors'}" in result.stderr
+    assert "image size 28x28: " in result.stderr  # every run says at which size it trains
 
 
 def set_trained_device(run: Path, device: str) -> None:
