@@ -34,6 +34,10 @@ from .cli_options import schema_parameters, with_parameters
 from .data import DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
+from .explain.scorecard import scorecard as score_methods
+from .explain.scorecard_figures import save_method_maps
+from .explain.scorecard_files import records, write_scorecard
+from .explain.scorecard_methods import DEFAULT_METHODS, method_maps
 from .export import ExportError, export_checkpoint, load_onnx_predictor
 from .registry import MODELS
 from .train import (
@@ -400,6 +404,86 @@ def _files_as_dataset(images: list[Path], meta: dict[str, Any]) -> ImageTensorDa
     return ImageTensorDataset(
         raw, torch.full((len(images),), -1), stats=(tuple(meta["mean"]), tuple(meta["std"]))
     )
+
+
+@app.command("explain")
+def explain_command(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint or a run folder.")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Method (repeat for several; default: {', '.join(DEFAULT_METHODS)})."),
+    ] = None,
+    scorecard: Annotated[
+        bool, typer.Option("--scorecard", help="Score the methods: pointing, deletion, insertion, margins.")
+    ] = False,
+    images: Annotated[
+        int | None, typer.Option(min=1, help="Test images (default: 6 for the figure, 500 for --scorecard).")
+    ] = None,
+    sanity: Annotated[
+        bool, typer.Option("--sanity", help="With --scorecard: the randomisation check (about 3x the time).")
+    ] = False,
+    road: Annotated[
+        bool, typer.Option("--road", help="With --scorecard: ROAD too (slow: see docs).")
+    ] = False,
+    target: Annotated[int | None, typer.Option(help="Class to explain (default: each prediction).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Deletion and insertion steps.")] = 20,
+    seed: Annotated[
+        int, typer.Option(help="Seed of tie-breaking, the random map and re-initialisation.")
+    ] = 0,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the files (default: the run folder).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding (or caching) the data.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Maps of explanation methods on test images (explain_maps.png), or with --scorecard
+    their faithfulness: scorecard.csv, scorecard.json and two figures."""
+    with user_errors():
+        if (sanity or road) and not scorecard:
+            raise ValueError("--sanity and --road are parts of the scorecard; add --scorecard")
+        folder = output or (checkpoint if checkpoint.is_dir() else checkpoint.parent)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder {folder} does not exist")
+        dev = resolve_device(device)
+        model, meta = load_model(checkpoint, device=dev)
+        if target is not None and not 0 <= target < meta["num_classes"]:
+            raise ValueError(f"--target must be a class in 0..{meta['num_classes'] - 1}, got {target}")
+        test = _compatible_data(meta, dataset, data_dir)[0].test
+        idx = list(range(min(images or (500 if scorecard else 6), len(test))))
+        x = test.__getitems__(idx)[0].to(dev)
+        boxes = None if test.boxes is None else test.boxes[idx]
+        if scorecard:
+            card = score_methods(
+                model, x, boxes=boxes, methods=method, target=target, steps=steps, seed=seed, sanity=sanity,
+                road=road,
+            )  # fmt: skip
+            written = write_scorecard(card, folder, stats=test.stats)
+        else:
+            written = [folder / "explain_maps.png"]
+            maps = method_maps(model, x, method, target=target, seed=seed)
+            save_method_maps(written[0], x, maps, boxes=boxes, stats=test.stats)
+    if scorecard:
+        console.print(_scorecard_table(records(card), f"{len(idx)} test images, {steps} steps, blur"))
+    console.print("wrote " + ", ".join(f"[cyan]{escape(str(p))}[/cyan]" for p in written))
+
+
+def _scorecard_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The scorecard on the console: the scores, the insertion margin over the input baseline
+    with its 95 % interval, the randomisation correlations and flags where measured."""
+    table = Table(title=f"faithfulness scorecard ({title})")
+    cells = {"pointing": "{:.1%}", "deletion_auc": "{:.3f}", "insertion_auc": "{:.3f}", "road": "{:.3f}",
+             "sanity_rank_corr": "{:.2f}", "head_rank_corr": "{:.2f}"}  # fmt: skip
+    shown = [k for k in cells if any(r[k] is not None for r in rows)]
+    for col in ["method", *shown, "insertion over input", "flags", "seconds"]:
+        table.add_column(col.replace("_", " "), justify="left" if col in ("method", "flags") else "right")
+    for r in rows:
+        over = r["margins"].get("input", {}).get("insertion_auc")
+        margin = "-" if over is None else f"{over['mean']:+.3f} [{over['low']:+.3f}, {over['high']:+.3f}]"
+        marks = [k.replace("_", " ") for k in ("fails_randomisation", "class_agnostic") if r[k]]
+        values = ["-" if r[k] is None else cells[k].format(r[k]) for k in shown]
+        table.add_row(r["method"], *values, margin, ", ".join(marks), f"{r['seconds']:.1f}")
+    return table
 
 
 @app.command("export")

@@ -87,7 +87,7 @@ def scorecard(
     road: bool = False,
     baselines: tuple[str, ...] = BASELINES,
     chunk: int = 100,
-    batch_size: int = 256,
+    batch_size: int = 128,
     show: int = 6,
 ) -> Scorecard:
     """Score explanation methods of ``model`` on ``images``.
@@ -104,7 +104,8 @@ def scorecard(
         sanity: also run the randomisation check (two re-initialised copies, every method again).
         road: also score ROAD (pytorch-grad-cam's ``ROADCombined``; slow, see docs).
         chunk: images explained and perturbed at a time (bounds memory).
-        batch_size: perturbed images per forward pass.
+        batch_size: perturbed images per forward pass (on CPU, batches of 64 to 128 small images
+            run about half again as fast as 512: they stay in cache).
         show: how many of the first images keep their maps for the figure.
 
     Returns:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .scorecard import Scorecard
 
@@ -48,31 +49,49 @@ def save_curves(card: Scorecard, path: Path) -> None:
 
 
 def save_maps(card: Scorecard, path: Path, *, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    """``save_method_maps`` of the scorecard's first images and every method's maps of them."""
+    maps = {s.method: s.examples for s in card.scores}
+    save_method_maps(path, card.images, maps, boxes=card.boxes, stats=stats)
+
+
+def save_method_maps(
+    path: Path,
+    images: Tensor,
+    maps: dict[str, Tensor],
+    *,
+    boxes: Tensor | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
     """One row per image: the input, then every method's map over it, its peak marked and the
-    object box drawn where there is one.
+    object box drawn where there is one. Writes a PNG to ``path``.
 
     Args:
+        images: ``(k, C, H, W)`` normalised input.
+        maps: method name -> ``(k, H, W)`` maps in [0, 1].
+        boxes: optional ``(k, 4)`` object boxes ``(x0, y0, x1, y1)``.
         stats: the data set's ``(mean, std)`` per channel, to undo the normalisation.
     """
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
-    pics = (card.images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (k, H, W, C)
-    rows, cols = pics.shape[0], len(card.scores) + 1
+    pics = (
+        (images.detach().cpu().float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    )  # (k, H, W, C)
+    rows, cols = pics.shape[0], len(maps) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.3), squeeze=False)
     gray = pics.shape[-1] == 1
     for i in range(rows):
         pic = pics[i, ..., 0] if gray else pics[i]
-        panels = [("input", None), *((s.method, s.examples[i].numpy()) for s in card.scores)]
+        panels = [("input", None), *((name, heat[i].detach().cpu().numpy()) for name, heat in maps.items())]
         for ax, (title, heat) in zip(axes[i], panels, strict=True):
             ax.imshow(pic, cmap="gray" if gray else None, vmin=0, vmax=1)
             if heat is not None:
                 ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 py, px = np.unravel_index(np.argmax(heat), heat.shape)
                 ax.plot(px, py, marker="+", color="white", markersize=8, mew=1.5)
-            if card.boxes is not None:
-                x0, y0, x1, y1 = (float(v) for v in card.boxes[i])
+            if boxes is not None:
+                x0, y0, x1, y1 = (float(v) for v in boxes[i])
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
             ax.set_xticks([])
             ax.set_yticks([])

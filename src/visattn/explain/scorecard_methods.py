@@ -10,7 +10,7 @@ from ..maps import record_attention
 from ..registry import EXPLAINERS
 from .heatmap import spatial_map_names
 from .methods import explain
-from .request import evaluating
+from .request import evaluating, resolve_target
 
 BASELINES = ("random", "centre", "input")
 DEFAULT_METHODS = ("attention", "grad-attention", "gradcam", "gradcam++", *BASELINES)
@@ -47,3 +47,24 @@ def explain_with_seed(model: nn.Module, x: Tensor, method: str, classes: Tensor,
     """``explain`` for ``classes``, passing ``seed`` to the methods that read one."""
     takes_seed = "seed" in getattr(EXPLAINERS.get(method), "options", frozenset())
     return explain(model, x, method=method, target=classes, seed=seed if takes_seed else None)
+
+
+def method_maps(
+    model: nn.Module,
+    images: Tensor,
+    methods: list[str] | tuple[str, ...] | None,
+    *,
+    target: Tensor | int | None = None,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Each method's maps ``(B, H, W)`` of ``images`` for ``target`` (each image's prediction
+    when ``None``); ``methods=None`` takes the default methods the model supports, baselines
+    included.
+
+    Example:
+        >>> maps = method_maps(model, x, ["attention", "gradcam"])  # {"attention": (B, H, W), ...}
+    """
+    names = resolve_methods(model, images, methods, baselines=BASELINES if methods is None else ())
+    with evaluating(model), torch.no_grad():
+        classes = resolve_target(target, model(images))
+    return {name: explain_with_seed(model, images, name, classes, seed) for name in names}

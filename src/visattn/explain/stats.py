@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import t as student_t
 from torch import Tensor
 
 from .metrics import relevance_order
@@ -80,6 +79,8 @@ def mean_interval(values: Tensor, *, level: float = 0.95) -> Interval:
     mean = float(d.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan)
+    from scipy.stats import t as student_t  # imported here: scipy.stats is slow to load
+
     half = float(student_t.ppf(0.5 + level / 2, n - 1)) * float(d.std(correction=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half)
 
