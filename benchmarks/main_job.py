@@ -4,26 +4,34 @@ docs/main-job.md.
 
 Usage (from the repository root, after ``make demo`` or ``make test`` installed .venv):
 
-    .venv/bin/python benchmarks/main_job.py [--seeds 0 1 2] [--output docs/main-job.md]
+    .venv/bin/python benchmarks/main_job.py [--seeds 0 1 2] [--compare-to REV] [--output docs/main-job.md]
 
 Each run is a separate ``visattn train`` process, timed from start to exit (interpreter
 start, data generation, training, evaluation and figures included; installation excluded).
+``--compare-to REV`` also runs the main job of an earlier revision (its ``src/`` extracted
+with ``git archive`` and put first on ``PYTHONPATH``), interleaved seed by seed with today's,
+and reports the ratio of training throughput beside the machine's sgemm rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from _report import machine
+from visattn.bench import matmul_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"wall_seconds": 180.0, "test_accuracy": 0.90, "pointing_game": 0.80}
@@ -41,10 +49,16 @@ def visattn_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "visattn"]
 
 
-def run(extra: list[str], seed: int, out: Path) -> dict:
-    cmd = [*visattn_command(), "train", "--seed", str(seed), "--output", str(out), *extra]
+def run(extra: list[str], seed: int, out: Path, source: Path | None = None) -> dict:
+    """One ``visattn train``; with ``source``, the package found in that ``src`` folder."""
+    env = dict(os.environ)
+    if source is None:
+        cmd = [*visattn_command(), "train", "--seed", str(seed), "--output", str(out), *extra]
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "visattn", "train", "--seed", str(seed), "--output", str(out), *extra]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -59,14 +73,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "main-job.md")
+    parser.add_argument("--compare-to", metavar="REV", help="also run the main job of this git revision")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="visattn-main-job-"))
+    variants = [(label, extra, None) for label, extra in VARIANTS]
+    if args.compare_to:
+        rev = subprocess.run(["git", "rev-parse", "--short", args.compare_to], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+        archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, check=True, capture_output=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(work / "before", filter="data")
+        variants.insert(1, (f"self-attention at {rev}", [], work / "before" / "src"))
     rows = []
     try:
         for seed in args.seeds:  # interleaved, so that drift hits both variants alike
-            for label, extra in VARIANTS:
-                summary = run(extra, seed, work / f"{len(rows)}")
+            for label, extra, source in variants:
+                summary = run(extra, seed, work / f"{len(rows)}", source)
                 rows.append((label, seed, summary))
                 print(
                     f"{label:26s} seed {seed}: {summary['test_accuracy']:.2%} "
@@ -95,7 +118,8 @@ def main() -> None:
         "",
         f"- machine: {machine()}",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- command: `python benchmarks/main_job.py --seeds {' '.join(map(str, args.seeds))}`",
+        f"- command: `{shlex.join(['python', 'benchmarks/main_job.py', *sys.argv[1:]])}`",
+        f"- fp32 matmul rate (2048 x 2048 sgemm): {matmul_rate():.1f} GFLOP/s",
         "",
         "| attention | seed | test accuracy | pointing game | wall time (s) | train img/s | command |",
         "|---|---|---|---|---|---|---|",
@@ -107,7 +131,7 @@ def main() -> None:
             f"{s['wall_seconds_process']:.0f} | {s['train_images_per_s']:.0f} | `{s['command']}` |"
         )
     lines += ["", "Summary over seeds (median; limits from the acceptance criteria):", ""]
-    for label, _ in VARIANTS:
+    for label, _, _ in variants:
         group = [s for lab, _, s in rows if lab == label]
         acc = statistics.median(s["test_accuracy"] for s in group)
         wall = statistics.median(s["wall_seconds_process"] for s in group)
@@ -122,6 +146,15 @@ def main() -> None:
             text += f", pointing game {pointing:.1%} -- {'meets' if ok else 'MISSES'} the limits "
             text += "(<= 180 s, >= 90 %, >= 80 %)"
         lines.append(text)
+    if args.compare_to:
+        now = [s for lab, _, s in rows if lab == VARIANTS[0][0]]
+        then = [s for lab, _, s in rows if lab == variants[1][0]]
+        ratio = statistics.median(
+            a["train_images_per_s"] / b["train_images_per_s"] for a, b in zip(now, then, strict=True)
+        )
+        lines.append(f"- training throughput against {variants[1][0][len('self-attention at '):]}: "
+                     f"{ratio:.2f}x (median of the per-seed ratios)")  # fmt: skip
+        print(lines[-1])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
