@@ -12,7 +12,9 @@ Two re-initialised copies of the trained model are made; the original is never t
   A map that does not change when the head is re-initialised does not depend on the class.
 
 The draws use their own seeded generator state (``torch.random.fork_rng``), so the caller's
-random stream is unchanged and the same seed gives the same copies.
+random stream is unchanged and the same seed gives the same copies. The generator is seeded
+with ``seed + STREAM``, not ``seed``: a model built after ``torch.manual_seed(seed)`` would
+otherwise be drawn again exactly as it was.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from .request import evaluating
 
 SCOPES = ("whole", "head")
+STREAM = 8191  # offset of the re-initialisation seed from the caller's
 
 
 def classifier_head(model: nn.Module, images: Tensor) -> str:
@@ -75,7 +78,7 @@ def reinitialised(model: nn.Module, images: Tensor, *, scope: str, seed: int = 0
             (name, m) for name, m in clone.named_modules() if name == head or name.startswith(head + ".")
         ]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + STREAM)
         for _, module in modules:
             own = any(True for _ in module.parameters(recurse=False))
             reset = getattr(module, "reset_parameters", None)
