@@ -476,7 +476,10 @@ def _scorecard_table(rows: list[dict[str, Any]], title: str) -> Table:
              "sanity_rank_corr": "{:.2f}", "head_rank_corr": "{:.2f}"}  # fmt: skip
     shown = [k for k in cells if any(r[k] is not None for r in rows)]
     for col in ["method", *shown, "insertion over input", "flags", "seconds"]:
-        table.add_column(col.replace("_", " "), justify="left" if col in ("method", "flags") else "right")
+        table.add_column(
+            col.replace("_", " "), justify="left" if col in ("method", "flags") else "right",
+            no_wrap=col in ("method", "insertion over input"),
+        )  # fmt: skip
     for r in rows:
         over = r["margins"].get("input", {}).get("insertion_auc")
         margin = "-" if over is None else f"{over['mean']:+.3f} [{over['low']:+.3f}, {over['high']:+.3f}]"
