@@ -219,10 +219,10 @@ def test_attention_cnn_bounds_its_attention_grid_at_224_px():
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad(), record_attention(model) as maps:
         logits = model(x)
-        stem = model.stem(x)  # (2, 64, 56, 56): 3,136 positions
-        pooled = nn.functional.avg_pool2d(stem, 4)  # 4 x 4 windows, no partial ones at 56
+        stem = model.stem(x)  # (2, 64, 28, 28): 784 positions
+        pooled = nn.functional.avg_pool2d(stem, 2)  # 2 x 2 windows, no partial ones at 28
         expected = model.head(model.attn(pooled).mean(dim=(2, 3)))
-    assert stem.shape[-2:] == (56, 56) and model.pool_factor(56, 56) == 4
+    assert stem.shape[-2:] == (28, 28) and model.pool_factor(28, 28) == 2
     assert maps["attn"].shape == (2, 4, 14 * 14, 14 * 14) and maps.grid("attn") == (14, 14)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     assert model.forward_features(x).shape == (2, 64, 14, 14)
@@ -238,9 +238,9 @@ def test_attention_cnn_pool_factor_is_the_smallest_that_fits():
     torch.testing.assert_close(model.bound(x), torch.ones(1, 64, 7, 5))  # f = 4
 
 
-@pytest.mark.parametrize("hw", [(60, 60), (64, 64), (64, 48)])
-def test_attention_cnn_unchanged_up_to_64_px(hw):
-    """The main job (60 px, 15 x 15 = 225 positions) and anything up to 256 positions: the
+@pytest.mark.parametrize("hw", [(60, 60), (128, 128), (121, 97)])
+def test_attention_cnn_unchanged_up_to_128_px(hw):
+    """The main job (60 px, 8 x 8 = 64 positions) and anything up to 256 positions: the
     same function as the network that never pools, given the same weights."""
     torch.manual_seed(0)
     bounded = AttentionCNN(10, in_channels=1).eval()
@@ -250,7 +250,7 @@ def test_attention_cnn_unchanged_up_to_64_px(hw):
     x = torch.randn(2, 1, *hw)
     with torch.no_grad():
         assert torch.equal(bounded(x), unbounded(x))
-        assert bounded.forward_features(x).shape[-2:] == (hw[0] // 4, hw[1] // 4)
+        assert bounded.forward_features(x).shape[-2:] == (-(-hw[0] // 8), -(-hw[1] // 8))
 
 
 def test_attention_cnn_without_attention_pools_the_same_way():
@@ -258,7 +258,7 @@ def test_attention_cnn_without_attention_pools_the_same_way():
     x = torch.randn(1, 3, 224, 160)
     with torch.no_grad():
         features = model.forward_features(x)
-        torch.testing.assert_close(features, nn.functional.avg_pool2d(model.stem(x), 4, ceil_mode=True))
+        torch.testing.assert_close(features, nn.functional.avg_pool2d(model.stem(x), 2, ceil_mode=True))
     assert features.shape[-2:] == (14, 10)
     with pytest.raises(ValueError, match=r"max_tokens must be an integer >= 1, got 0"):
         AttentionCNN(10, max_tokens=0)

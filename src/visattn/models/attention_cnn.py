@@ -53,9 +53,10 @@ class AttentionCNN(nn.Module):
             stem's ``H' x W'`` grid holds more, it is average-pooled by the smallest integer
             factor f with ``ceil(H'/f) * ceil(W'/f) <= max_tokens`` (kernel = stride = f;
             partial windows at the bottom and right average the positions they hold) before
-            the attention, and the classifier pools that attended map. The default 256 leaves
-            every input up to 64 x 64 px unchanged (the 60 px main job: 15 x 15 = 225) and
-            brings 224 px (56 x 56 = 3,136 positions, 194x the pairs of 15 x 15) to 14 x 14.
+            the attention, and the classifier pools that attended map. With the default stem
+            (total stride 8) the default 256 leaves every input up to 128 x 128 px unchanged
+            (the 60 px main job: 8 x 8 = 64) and brings 224 px (28 x 28 = 784 positions) to
+            14 x 14.
             The pooling belongs to the network: ``attention=None`` pools the same way.
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for any H, W >= 1.
@@ -74,7 +75,7 @@ class AttentionCNN(nn.Module):
         attention: AttentionSpec | None = "mhsa",
         attention_options: dict[str, Any] | None = None,
         widths: Sequence[int] = (32, 64, 64),
-        strides: Sequence[int] = (2, 2, 1),
+        strides: Sequence[int] = (2, 2, 2),
         drop_rate: float = 0.0,
         max_tokens: int | None = 256,
     ) -> None:

@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
         0, ge=0, description="Data-loading worker processes", json_schema_extra={"short": "-j"}
     )
     # optimisation
-    epochs: int = Field(8, ge=1, description="Number of epochs")
+    epochs: int = Field(12, ge=1, description="Number of epochs")
     batch_size: int = Field(
         64,
         ge=1,
