@@ -91,5 +91,12 @@ class AttentionModule(nn.Module):
             # The recorder detaches unless it was asked for gradients (explanation methods).
             self._map_sink(attn, kind=kind, grid=grid, keys=keys, part=part, prefix=prefix)
 
+    def gated(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """For mechanisms whose output is a product ``base * gate``: that pair, so that a
+        residual block can fold the product into its addition (``addcmul``, one pass over the
+        map instead of two); ``None`` for every other mechanism. Overrides record their maps
+        as ``forward`` does."""
+        return None
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

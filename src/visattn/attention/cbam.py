@@ -92,16 +92,22 @@ class CBAM(AttentionModule):
         self.norm = spatial_norm(1) if spatial_norm is not None else nn.Identity()
         self.spatial_gate = gate_layer()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def gated(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x)
         pooled = torch.stack((x.mean((2, 3)), x.amax((2, 3))))  # (2, B, C)
         channel = self.channel_gate(self.mlp(pooled).sum(0))  # (B, C)
         self.keep_map(channel, kind="channel", part="channel")
         x = x * channel[:, :, None, None]  # (B, C, H, W)
-        planes = torch.stack((x.mean(1), x.amax(1)), dim=1)  # (B, 2, H, W)
+        # The two planes stacked last and viewed channels-first: a channels-last tensor, the
+        # layout the convolution runs fastest in (and a channels-last network's weights use).
+        planes = torch.stack((x.mean(1), x.amax(1)), dim=-1).permute(0, 3, 1, 2)  # (B, 2, H, W)
         spatial = self.spatial_gate(self.norm(self.conv(planes)))  # (B, 1, H, W)
         self.keep_map(spatial, kind="spatial", part="spatial")
-        return x * spatial  # (B, C, H, W)
+        return x, spatial  # (B, C, H, W), (B, 1, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        base, gate = self.gated(x)
+        return base * gate  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}"

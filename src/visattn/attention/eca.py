@@ -87,13 +87,17 @@ class EfficientChannelAttention(AttentionModule):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.gate = gate_layer()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def gated(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x)
         B, C = x.shape[:2]
         pooled = x.mean((2, 3)).view(B, 1, C)  # (B, 1, C): channels become the sequence axis
         gate = self.gate(self.conv(pooled)).view(B, C)  # (B, C)
         self.keep_map(gate, kind="channel")
-        return x * gate[:, :, None, None]  # (B, C, H, W)
+        return x, gate[:, :, None, None]  # (B, C, H, W), (B, C, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        base, gate = self.gated(x)
+        return base * gate  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"

@@ -70,12 +70,16 @@ class SqueezeExcite(AttentionModule):
         self.fc2 = nn.Linear(self.hidden, channels)
         self.gate = gate_layer()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def gated(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x)
         squeezed = x.mean((2, 3))  # (B, C)
         gate = self.gate(self.fc2(self.act(self.fc1(squeezed))))  # (B, C)
         self.keep_map(gate, kind="channel")
-        return x * gate[:, :, None, None]  # (B, C, H, W)
+        return x, gate[:, :, None, None]  # (B, C, H, W), (B, C, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        base, gate = self.gated(x)
+        return base * gate  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}"

@@ -23,10 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..attention import AttentionSpec
+from ..attention import AttentionModule, AttentionSpec
 from ..registry import MODELS
 from .factory import attention_factory, identity_if_none
 from .weights import mismatch_report
@@ -36,6 +37,15 @@ AttentionFactory = Callable[[int], nn.Module]
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+
+
+def end_branch(attn: nn.Module, out: Tensor, shortcut: Tensor) -> Tensor:
+    """``attn(out) + shortcut``; for a gate (``base * gate``, see ``AttentionModule.gated``)
+    one ``addcmul``, which reads and writes the map once instead of twice."""
+    gated = attn.gated(out) if isinstance(attn, AttentionModule) else None
+    if gated is None:
+        return attn(out) + shortcut
+    return torch.addcmul(shortcut, *gated)
 
 
 class BasicBlock(nn.Module):
@@ -58,9 +68,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu(end_branch(self.attn, self.bn2(self.conv2(out)), shortcut))
 
 
 class Bottleneck(nn.Module):
@@ -98,9 +107,8 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attn(self.bn3(self.conv3(out)))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu(end_branch(self.attn, self.bn3(self.conv3(out)), shortcut))
 
 
 def _shortcut(inplanes: int, out: int, stride: int) -> nn.Sequential | None:
