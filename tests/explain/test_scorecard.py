@@ -11,6 +11,7 @@ import torch
 from visattn import create_model
 from visattn.explain import deletion_insertion, explain
 from visattn.explain.perturb import deletion_insertion_many
+from visattn.explain.road import road_scores
 from visattn.explain.sanity import classifier_head, reinitialised
 from visattn.explain.scorecard import MethodScores, Scorecard, scorecard
 from visattn.explain.scorecard_files import flags, records, scorecard_csv, scorecard_json
@@ -148,3 +149,17 @@ def test_flags_and_records_on_constructed_scores():
     header, first, _ = scorecard_csv(card).splitlines()
     assert header.startswith("method,pointing,deletion_auc,insertion_auc,road,sanity_rank_corr")
     assert "deletion_auc_over_random_low" in header and first.startswith("gradcam,1.0,0.15,0.8,,0.55,")
+
+
+def test_road_is_seeded_antisymmetric_and_leaves_the_callers_random_stream():
+    model, x = _cnn(), torch.randn(2, 1, 8, 8)
+    ranks = tie_free_ranks(explain(model, x, method="gradcam"))
+    classes = torch.tensor([0, 2])
+    state = torch.random.get_rng_state()
+    score = road_scores(model, x, ranks, classes, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(road_scores(model, x, ranks, classes, seed=1), score)
+    # LeRF of a map is MoRF of the reversed map: reversing the ranking flips ROAD's sign (up to
+    # the imputation noise, drawn in another order)
+    reversed_score = road_scores(model, x, 1 - ranks, classes, seed=1)
+    torch.testing.assert_close(reversed_score, -score, atol=0.01, rtol=0)
