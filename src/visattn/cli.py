@@ -421,7 +421,11 @@ def explain_command(
         int | None, typer.Option(min=1, help="Test images (default: 6 for the figure, 500 for --scorecard).")
     ] = None,
     sanity: Annotated[
-        bool, typer.Option("--sanity", help="With --scorecard: the randomisation check (about 3x the time).")
+        bool,
+        typer.Option(
+            "--sanity",
+            help="With --scorecard: the randomisation check (two more maps per method, ~25 % more time).",
+        ),
     ] = False,
     road: Annotated[
         bool, typer.Option("--road", help="With --scorecard: ROAD too (slow: see docs).")
