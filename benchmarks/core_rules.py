@@ -7,12 +7,13 @@ Usage (repository root, .venv installed):
     .venv/bin/python benchmarks/core_rules.py [--quick] [--repeats 7]
 
 Tables:
-1. no extra term, forward+backward (training): matmul against fused, by scores per window
-   (``L * S``) -> ``KernelRules.train_scores``;
+1. no extra term, forward+backward (training) and forward (inference): matmul against
+   fused, by scores per window (``L * S``) -> ``KernelRules.train_scores``,
+   ``KernelRules.infer_scores``;
 2. factored relative logits that learn (BoT, halo), forward+backward and forward: matmul
    against the logits folded into the fused kernel -> ``KernelRules.rel_scores``;
-3. a learnable additive bias (Swin's table), forward+backward: matmul against autograd
-   (explicit) and PyTorch's SDPA with the bias as its mask.
+3. an additive bias (Swin's table), learnable (forward+backward) and constant (forward):
+   matmul against autograd (explicit) and PyTorch's SDPA with the bias as its mask.
 """
 
 from __future__ import annotations
@@ -57,22 +58,24 @@ def windows_for(n: int, budget: int) -> int:
 
 def plain_table(sizes: list[int], repeats: int, budget: int) -> list[str]:
     lines = [
-        "### 1. No extra term, forward + backward",
+        "### 1. No extra term, forward + backward and forward",
         "",
         f"{HEADS} heads of {DIM}; windows chosen so that each row has about {budget:,} scores.",
         "",
-        "| tokens | windows | matmul ms | fused ms | fused / matmul |",
-        "|---:|---:|---:|---:|---:|",
+        "| tokens | windows | pass | matmul ms | fused ms | fused / matmul |",
+        "|---:|---:|---|---:|---:|---:|",
     ]
     for n in sizes:
         w = windows_for(n, budget)
-        q, k, v = operands(w, n, grad=True)
-        t = interleave({"matmul": step("matmul", q, k, v), "fused": step("fused", q, k, v)}, warmup=1,
-                       repeats=repeats)  # fmt: skip
-        ratio = paired_ratio(t["matmul"], t["fused"])  # fused time over matmul time
-        ms = [t[name].median * 1e3 for name in ("matmul", "fused")]
-        lines.append(f"| {n} | {w} | {ms[0]:.1f} | {ms[1]:.1f} | {ratio:.2f} |")
-        print(lines[-1], flush=True)
+        for label, grad in (("fwd+bwd", True), ("forward", False)):
+            q, k, v = operands(w, n, grad=grad)
+            with torch.set_grad_enabled(grad):
+                t = interleave({name: step(name, q, k, v) for name in ("matmul", "fused")}, warmup=1,
+                               repeats=repeats)  # fmt: skip
+            ratio = paired_ratio(t["matmul"], t["fused"])  # fused time over matmul time
+            ms = [t[name].median * 1e3 for name in ("matmul", "fused")]
+            lines.append(f"| {n} | {w} | {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ratio:.2f} |")
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -108,28 +111,32 @@ def relative_table(sides: list[int], repeats: int, budget: int) -> list[str]:
 
 def bias_table(sizes: list[tuple[int, int]], repeats: int) -> list[str]:
     lines = [
-        "### 3. Learnable additive bias (Swin), forward + backward",
+        "### 3. Additive bias (Swin), learnable (forward + backward) and constant (forward)",
         "",
-        f"A (heads, K, K) bias that requires grad, broadcast over the windows, {HEADS} heads of {DIM}.",
+        f"A (heads, K, K) bias broadcast over the windows, {HEADS} heads of {DIM}; SDPA = "
+        "`F.scaled_dot_product_attention` with the bias as its mask.",
         "",
-        "| K | windows | matmul ms | explicit ms | SDPA ms | matmul / best other |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| K | windows | pass | matmul ms | explicit ms | SDPA ms | matmul / best other |",
+        "|---:|---:|---|---:|---:|---:|---:|",
     ]
     for n, w in sizes:
-        q, k, v = operands(w, n, grad=True)
-        bias = (torch.randn(HEADS, n, n) * 0.1).requires_grad_()
+        for label, grad in (("fwd+bwd", True), ("forward", False)):
+            q, k, v = operands(w, n, grad=grad)
+            bias = (torch.randn(HEADS, n, n) * 0.1).requires_grad_(grad)
 
-        def sdpa(q=q, k=k, v=v, bias=bias) -> None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            torch.autograd.grad(out.sum(), [q, k, v, bias])
+            def sdpa(q=q, k=k, v=v, bias=bias, grad=grad) -> None:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                if grad:
+                    torch.autograd.grad(out.sum(), [q, k, v, bias])
 
-        runs = {name: step(name, q, k, v, bias=bias) for name in ("matmul", "explicit")}
-        runs["sdpa"] = sdpa
-        t = interleave(runs, warmup=1, repeats=repeats)
-        best = max(paired_ratio(t["explicit"], t["matmul"]), paired_ratio(t["sdpa"], t["matmul"]))
-        ms = [t[name].median * 1e3 for name in ("matmul", "explicit", "sdpa")]
-        lines.append(f"| {n} | {w} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {best:.2f} |")
-        print(lines[-1], flush=True)
+            runs = {name: step(name, q, k, v, bias=bias) for name in ("matmul", "explicit")}
+            runs["sdpa"] = sdpa
+            with torch.set_grad_enabled(grad):
+                t = interleave(runs, warmup=1, repeats=repeats)
+            best = max(paired_ratio(t["explicit"], t["matmul"]), paired_ratio(t["sdpa"], t["matmul"]))
+            ms = [t[name].median * 1e3 for name in ("matmul", "explicit", "sdpa")]
+            lines.append(f"| {n} | {w} | {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {best:.2f} |")
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -155,7 +162,8 @@ def main() -> None:
             f"- machine: {machine()}",
             f"- command: `{shlex.join(['python', 'benchmarks/core_rules.py', *sys.argv[1:]])}`",
             f"- fp32 matmul rate (2048 x 2048 sgemm): **{rate:.1f} GFLOP/s**",
-            f"- rules in force: train_scores = {RULES.train_scores:,}, rel_scores = {RULES.rel_scores:,}, "
+            f"- rules in force: train_scores = {RULES.train_scores:,}, "
+            f"infer_scores = {RULES.infer_scores:,}, rel_scores = {RULES.rel_scores:,}, "
             f"score_bytes = {RULES.score_bytes:,}",
             "",
             *lines,

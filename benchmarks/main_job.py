@@ -34,14 +34,14 @@ from _report import machine
 from visattn.bench import matmul_rate
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMITS = {"wall_seconds": 180.0, "test_accuracy": 0.90, "pointing_game": 0.80}
+LIMITS = {"wall_seconds": 180.0, "test_accuracy": 0.94, "pointing_game": 0.95}
 VARIANTS = [
     ("self-attention (default)", []),
     ("none", ["--attention", "none"]),
-    # Without attention a training step costs ~70 % of the time (17 vs 25 ms at batch 64):
-    # 17 epochs take about as long as the default 12, so attention is also compared at
-    # equal training time.
-    ("none, 17 epochs (same time)", ["--attention", "none", "--epochs", "17"]),
+    # Without attention a training step costs ~70 % of the time (17 vs 25 ms at batch 64), so
+    # the attention-free net also gets 17 epochs: at least the default 12 epochs' wall time
+    # (data generation and evaluation per epoch make it somewhat more).
+    ("none, 17 epochs (at least the same time)", ["--attention", "none", "--epochs", "17"]),
 ]
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         "canvases, four 8x8 clutter pieces, 4,000 training digits placed twice per epoch at fresh",
         "positions, 1,000 test digits. 12 epochs, batch 64, AdamW at 3e-3 with warm-up and cosine",
         "decay. The comparison rows are the same network and recipe with `--attention none`,",
-        "once with the same 12 epochs and once with 17 epochs, which take about the same time.",
+        "once with the same 12 epochs and once with 17 epochs, which take at least as long.",
         "",
         "Wall time is the whole `visattn train` process (start-up, data generation, training,",
         "per-epoch evaluation, checkpoints and the attention figure), installation excluded.",
@@ -145,7 +145,7 @@ def main() -> None:
                 and pointing >= LIMITS["pointing_game"]
             )
             text += f", pointing game {pointing:.1%} -- {'meets' if ok else 'MISSES'} the limits "
-            text += "(<= 180 s, >= 90 %, >= 80 %)"
+            text += "(<= 180 s, >= 94 %, >= 95 %)"
         lines.append(text)
     if args.compare_to:
         now = [s for lab, _, s in rows if lab == VARIANTS[0][0]]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
+from ._operands import check_operands
 from .kernels import Relative, Terms
 from .layout import (
     grid_index,
@@ -27,10 +28,10 @@ from .layout import (
     neighborhood_index,
     relative_index,
     relative_position_index,
-    sincos_2d,
     window_partition,
     window_reverse,
 )
+from .positions import sincos_2d
 
 __all__ = [
     "KERNELS",
@@ -63,6 +64,8 @@ class KernelRules:
         train_scores: with gradients and no learnable term, attention over at most this many
             scores per (query set, key set) pair, ``L * S``, runs ``matmul``: up to 144 x 144
             batched matmuls beat the flash kernel's backward, from 196 x 196 on they lose.
+        infer_scores: without gradients, attention over at most this many scores (no
+            relative logits) runs ``matmul`` rather than the fused kernel.
         rel_scores: relative logits in inference over more than this many scores are folded
             into the fused kernel's operands; below it, and whenever gradients flow, ``matmul``
             is faster (0.45-0.8 of the folded kernel's time up to 32 x 32 maps).
@@ -71,6 +74,7 @@ class KernelRules:
     """
 
     train_scores: int = 144 * 144
+    infer_scores: int = 0
     rel_scores: int = 1536 * 1536
     score_bytes: int = 1 << 30
 
@@ -124,7 +128,9 @@ def attention(
         >>> out.shape, w.shape
         (torch.Size([2, 4, 49, 32]), torch.Size([2, 4, 49, 49]))
     """
-    _check_operands(query, key, value, mask, bias, rel, dropout_p, scale, kernel)
+    check_operands(query, key, value, mask, bias, rel, dropout_p, scale)
+    if kernel not in KERNELS:
+        raise ValueError(f"attention: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if mask is not None and mask.dtype != torch.bool:  # an additive mask is a bias
         bias = mask if bias is None else bias + mask
         mask = None
@@ -156,7 +162,7 @@ def choose_kernel(q: Tensor, k: Tensor, v: Tensor, terms: Terms, dropout_p: floa
         large = not training and scores > RULES.rel_scores
         if large and all(bool(t.isfinite().all()) for t in terms.rel):
             return "fused"  # folded into the operands: no L x S tensor
-    elif not (learnable or (training and scores <= RULES.train_scores)):
+    elif not (learnable or scores <= (RULES.train_scores if training else RULES.infer_scores)):
         return "fused"
     return "chunked" if _chunk_rows(q, k, v) < q.shape[-2] else "matmul"
 
@@ -190,69 +196,3 @@ def attention_weights(logits: Tensor, *, mask: Tensor | None = None, dropout_p: 
     scores = logits if mask is None else logits.masked_fill(~mask, float("-inf"))
     weights = kernels.softmax_rows(scores, masked=mask is not None)
     return F.dropout(weights, dropout_p) if dropout_p > 0 else weights
-
-
-def _check_operands(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    bias: Tensor | None,
-    rel: Relative | None,
-    dropout_p: float,
-    scale: float | None,
-    kernel: str,
-) -> None:
-    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(
-            "attention expects query, key and value of shape (..., N, E), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"attention: query and key must share the last dimension, got {q.shape[-1]} and {k.shape[-1]}"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"attention: key and value must have the same length, got {k.shape[-2]} and {v.shape[-2]}"
-        )
-    shapes = [tuple(t.shape) for t in (q, k, v, mask, bias) if t is not None]
-    try:
-        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-        target = (*lead, q.shape[-2], k.shape[-2])
-        ok = all(t is None or torch.broadcast_shapes(t.shape, target) == target for t in (mask, bias))
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"attention: shapes of query, key, value (and mask, bias) do not broadcast: {shapes}"
-        )
-    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-        raise ValueError(f"attention: mask must be bool or floating point, got {mask.dtype}")
-    if bias is not None and not bias.is_floating_point():
-        raise ValueError(f"attention: bias must be floating point, got {bias.dtype}")
-    if rel is not None:
-        _check_relative(rel, target)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is not None and not scale > 0:
-        raise ValueError(f"attention: scale must be positive, got {scale}")
-    if kernel not in KERNELS:
-        raise ValueError(f"attention: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-
-
-def _check_relative(rel: Relative, target: tuple[int, ...]) -> None:
-    rows, cols = rel
-    R, C = rows.shape[-1], cols.shape[-1]
-    ok = target[-1] == R * C
-    for t, n in ((rows, R), (cols, C)):
-        want = (*target[:-1], n)
-        try:
-            ok = ok and t.is_floating_point() and torch.broadcast_shapes(t.shape, want) == want
-        except RuntimeError:
-            ok = False
-    if not ok:
-        raise ValueError(
-            f"attention: rel needs rows (..., L, R) and cols (..., L, C) with R * C keys, got "
-            f"{tuple(rows.shape)} and {tuple(cols.shape)} for scores {target}"
-        )

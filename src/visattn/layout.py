@@ -1,5 +1,4 @@
-"""Pure index and layout functions for windowed, blocked and relative-position attention,
-and the fixed 2-D position encoding.
+"""Pure index and layout functions for windowed, blocked and relative-position attention.
 
 They compute where each window slot reads from, how a map is cut into windows and back, and
 which row of a relative-position table each (query, key) pair reads. No ``nn.Module`` and no
@@ -19,7 +18,6 @@ __all__ = [
     "relative_index",
     "relative_position_index",
     "rows_on_path",
-    "sincos_2d",
     "window_partition",
     "window_reverse",
 ]
@@ -235,41 +233,3 @@ def rows_on_path(flat: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
     rebuilt = flat.clone()
     rebuilt[:, :, where] = rows
     return rows, rebuilt
-
-
-def sincos_2d(
-    height: int,
-    width: int,
-    dim: int,
-    *,
-    temperature: float = 10000.0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Fixed 2-D sine-cosine position encoding of a ``height x width`` grid.
-
-    A quarter of the channels encodes the row with sines, a quarter with cosines, and the
-    same for the column (Vaswani et al. 2017, extended to 2-D as in Carion et al. 2020).
-    Positions are integer grid indices, so the dot product of two encodings depends only on
-    their offset, at any grid size. When ``dim`` is not a multiple of 4, the remaining
-    channels are zero.
-
-    Returns:
-        ``(height * width, dim)``, row-major over the grid.
-
-    Example:
-        >>> sincos_2d(3, 5, 8).shape
-        torch.Size([15, 8])
-    """
-    if height < 1 or width < 1 or dim < 1:
-        raise ValueError(f"sincos_2d needs positive sizes, got {height}x{width}, dim {dim}")
-    quarter = dim // 4
-    freq = temperature ** (-torch.arange(quarter, device=device, dtype=torch.float64) / max(quarter, 1))
-    ys = torch.arange(height, device=device, dtype=torch.float64)[:, None] * freq  # (H, q)
-    xs = torch.arange(width, device=device, dtype=torch.float64)[:, None] * freq  # (W, q)
-    enc = torch.zeros(height, width, dim, device=device, dtype=torch.float64)
-    enc[..., 0 * quarter : 1 * quarter] = ys.sin()[:, None, :]
-    enc[..., 1 * quarter : 2 * quarter] = ys.cos()[:, None, :]
-    enc[..., 2 * quarter : 3 * quarter] = xs.sin()[None, :, :]
-    enc[..., 3 * quarter : 4 * quarter] = xs.cos()[None, :, :]
-    return enc.reshape(height * width, dim).to(dtype)  # (H*W, dim)
