@@ -162,7 +162,7 @@ def main() -> None:
             f"- machine: {machine()}",
             f"- command: `{shlex.join(['python', 'benchmarks/core_rules.py', *sys.argv[1:]])}`",
             f"- fp32 matmul rate (2048 x 2048 sgemm): **{rate:.1f} GFLOP/s**",
-            f"- rules in force: train_scores = {RULES.train_scores:,}, "
+            f"- rules in force during the run: train_scores = {RULES.train_scores:,}, "
             f"infer_scores = {RULES.infer_scores:,}, rel_scores = {RULES.rel_scores:,}, "
             f"score_bytes = {RULES.score_bytes:,}",
             "",

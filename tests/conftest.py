@@ -29,3 +29,15 @@ def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Size, int]]:
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     return calls
+
+
+@pytest.fixture
+def fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core's rules with its matmul kernel off for small windows, so that a test of a
+    mechanism's fused-kernel layout reaches the fused kernel at the test's small sizes."""
+    import dataclasses
+
+    from visattn import functional
+
+    rules = dataclasses.replace(functional.RULES, infer_scores=0, train_scores=0)
+    monkeypatch.setattr(functional, "RULES", rules)

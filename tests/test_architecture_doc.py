@@ -51,6 +51,6 @@ def test_cited_python_names_exist(dotted):
 
 
 def test_rules_table_states_the_rules_in_force():
-    for field in ("train_scores", "rel_scores", "score_bytes"):
+    for field in ("train_scores", "infer_scores", "rel_scores", "score_bytes"):
         assert f"`{field}`" in PAGE
         assert f"{getattr(functional.RULES, field):,}" in PAGE, f"docs/architecture.md: {field} changed"

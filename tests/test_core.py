@@ -111,11 +111,15 @@ def test_rules():
     small = leaves((4, 2, 49, 16), (4, 2, 49, 16), (4, 2, 49, 16))
     big = leaves((1, 2, 1024, 16), (1, 2, 1024, 16), (1, 2, 1024, 16))
     learnable = Terms(None, leaves((2, 49, 49))[0], None)
-    # Small windows with gradients: matmuls; without gradients: the fused kernel.
+    # Small windows run matmuls, with and without gradients; larger ones the fused kernel.
     assert choose_kernel(*small, Terms(None, None, None), 0.0) == "matmul"
+    medium = leaves((2, 2, 144, 16), (2, 2, 144, 16), (2, 2, 144, 16))  # 144 * 144 > the rules
+    assert choose_kernel(*medium, Terms(None, None, None), 0.0) == "fused"
     with torch.no_grad():
-        assert choose_kernel(*small, Terms(None, None, None), 0.0) == "fused"
-        assert choose_kernel(*small, learnable, 0.0) == "fused"  # no gradient wanted: constant
+        assert choose_kernel(*small, Terms(None, None, None), 0.0) == "matmul"
+        assert choose_kernel(*small, learnable, 0.0) == "matmul"  # no gradient wanted: constant
+        assert choose_kernel(*medium, Terms(None, None, None), 0.0) == "fused"
+        assert choose_kernel(*medium, Terms(None, learnable.bias.detach()[..., :1, :1], None), 0.0) == "fused"
     # Large global attention trains on the fused kernel; a learnable bias moves it off.
     assert choose_kernel(*big, Terms(None, None, None), 0.0) == "fused"
     assert choose_kernel(*big, Terms(None, leaves((2, 1024, 1024))[0], None), 0.0) == "matmul"

@@ -127,7 +127,8 @@ def test_operands_are_laid_out_for_the_fused_kernel():
     assert _as_4d(windows, windows.shape[:-2], split).shape == (2, 12, 49, 16)
     with torch.no_grad():
         out, _ = attention(windows, windows, windows, mask=mask, need_weights=False)
-    torch.testing.assert_close(out.double(), reference(windows, windows, windows, mask)[0], atol=1e-5, rtol=1e-5)
+    expected = reference(windows, windows, windows, mask)[0]
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -62,19 +62,19 @@ class KernelRules:
 
     Attributes:
         train_scores: with gradients and no learnable term, attention over at most this many
-            scores per (query set, key set) pair, ``L * S``, runs ``matmul``: up to 144 x 144
-            batched matmuls beat the flash kernel's backward, from 196 x 196 on they lose.
-        infer_scores: without gradients, attention over at most this many scores (no
-            relative logits) runs ``matmul`` rather than the fused kernel.
+            scores per (query set, key set) pair, ``L * S``, runs ``matmul``: up to 100 x 100
+            batched matmuls beat the flash kernel's backward, from 144 x 144 on they tie or lose.
+        infer_scores: the same without gradients (no relative logits): up to 100 x 100
+            ``matmul`` is 1.1-1.26x faster than the fused kernel, from 144 x 144 on slower.
         rel_scores: relative logits in inference over more than this many scores are folded
             into the fused kernel's operands; below it, and whenever gradients flow, ``matmul``
-            is faster (0.45-0.8 of the folded kernel's time up to 32 x 32 maps).
+            is faster (1.2-1.9x the folded kernel's speed up to 32 x 32 maps).
         score_bytes: ``matmul`` whose scores for the whole batch would take more than this
             runs ``chunked``.
     """
 
-    train_scores: int = 144 * 144
-    infer_scores: int = 0
+    train_scores: int = 100 * 100
+    infer_scores: int = 100 * 100
     rel_scores: int = 1536 * 1536
     score_bytes: int = 1 << 30
 

@@ -100,7 +100,7 @@ def test_position_terms_matter_and_clip_beyond_max_distance():
         close(small(x), relative(x))
 
 
-def test_without_position_terms_the_flash_kernel_runs(sdpa_calls):
+def test_without_position_terms_the_flash_kernel_runs(sdpa_calls, fused_kernel):
     with torch.no_grad():
         AxialAttention2d(32, pos="none").eval()(torch.randn(2, 32, 9, 11))
     # Per column (B*W lines of H) then per row (B*H lines of W).

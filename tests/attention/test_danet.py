@@ -101,7 +101,7 @@ def test_starts_as_the_identity_and_gammas_learn():
     assert module.gamma_position.grad.abs() > 0 and module.gamma_channel.grad.abs() > 0
 
 
-def test_both_modules_run_the_flash_kernel(sdpa_calls):
+def test_both_modules_run_the_flash_kernel(sdpa_calls, fused_kernel):
     """PAM's query/key (C/8) are narrower than its value (C): unpadded, the kernel would
     silently materialise the N x N scores."""
     with torch.no_grad():

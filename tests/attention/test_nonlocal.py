@@ -135,7 +135,7 @@ def test_reduction_sets_the_inner_width_with_a_floor_of_one():
     assert NonLocal2d(16, reduction=32).inner == 1
 
 
-def test_fused_path_runs_the_flash_kernel(sdpa_calls):
+def test_fused_path_runs_the_flash_kernel(sdpa_calls, fused_kernel):
     with torch.no_grad():
         NonLocal2d(32).eval()(torch.randn(2, 32, 9, 11))
     assert [backend for _, backend in sdpa_calls] == [FLASH]

@@ -128,7 +128,7 @@ def test_residual_adds_the_input_and_records_the_reduced_grid_for_pooling():
     assert maps.grid(key) == (3, 3) and maps[key].shape == (1, 4, 40, 9)
 
 
-def test_fused_kernel_operands_are_contiguous_along_the_head_dimension(monkeypatch):
+def test_fused_kernel_operands_are_contiguous_along_the_head_dimension(monkeypatch, fused_kernel):
     """q, k, v reach scaled_dot_product_attention with a unit last stride (else the CPU
     kernel silently materialises the N x N scores)."""
     module = SpatialReductionAttention(16, heads=2, sr_ratio=2).eval()

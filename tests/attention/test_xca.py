@@ -82,7 +82,7 @@ def test_attention_is_over_channels_so_positions_are_permutation_equivariant():
     torch.testing.assert_close(out_perm, out[:, :, perm], atol=1e-5, rtol=1e-5)
 
 
-def test_residual_adds_the_input_and_fused_operands_keep_positions_contiguous(monkeypatch):
+def test_residual_adds_the_input_and_fused_operands_keep_positions_contiguous(monkeypatch, fused_kernel):
     module = _perturbed(16, heads=4)
     bare = copy.deepcopy(module)
     bare.residual = False
