@@ -72,7 +72,8 @@ def time_pair(now, then, x: torch.Tensor, *, train: bool, repeats: int) -> float
 
     with torch.set_grad_enabled(train):
         t = interleave({"now": run(now), "then": run(then)}, warmup=2, repeats=repeats)
-    return paired_ratio(t["now"], t["then"]), t["now"].median * 1e3, t["then"].median * 1e3
+    # now time over then time, round by round
+    return paired_ratio(t["then"], t["now"]), t["now"].median * 1e3, t["then"].median * 1e3
 
 
 def main() -> None:

@@ -66,16 +66,18 @@ class KernelRules:
             batched matmuls beat the flash kernel's backward, from 144 x 144 on they tie or lose.
         infer_scores: the same without gradients (no relative logits): up to 100 x 100
             ``matmul`` is 1.1-1.26x faster than the fused kernel, from 144 x 144 on slower.
-        rel_scores: relative logits in inference over more than this many scores are folded
-            into the fused kernel's operands; below it, and whenever gradients flow, ``matmul``
-            is faster (1.2-1.9x the folded kernel's speed up to 32 x 32 maps).
+        rel_scores: relative logits in inference over more than this many scores in all (the
+            batch and heads times ``L * S``) are folded into the fused kernel's operands; below
+            it, and whenever gradients flow, ``matmul`` is faster (1.2-1.9x the folded kernel's
+            speed with up to 4 M scores in all), above it the fold (1.8x at 32 M, BoT at 32 x 32
+            with batch 8).
         score_bytes: ``matmul`` whose scores for the whole batch would take more than this
             runs ``chunked``.
     """
 
     train_scores: int = 100 * 100
     infer_scores: int = 100 * 100
-    rel_scores: int = 1536 * 1536
+    rel_scores: int = 1 << 23
     score_bytes: int = 1 << 30
 
 
@@ -159,7 +161,8 @@ def choose_kernel(q: Tensor, k: Tensor, v: Tensor, terms: Terms, dropout_p: floa
         return "explicit" if learnable else "fused"
     scores = q.shape[-2] * k.shape[-2]
     if terms.rel is not None:
-        large = not training and scores > RULES.rel_scores
+        batch = math.prod(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+        large = not training and batch * scores > RULES.rel_scores
         if large and all(bool(t.isfinite().all()) for t in terms.rel):
             return "fused"  # folded into the operands: no L x S tensor
     elif not (learnable or scores <= (RULES.train_scores if training else RULES.infer_scores)):
@@ -174,7 +177,9 @@ def _chunk_rows(q: Tensor, k: Tensor, v: Tensor) -> int:
     return max(1, min(q.shape[-2], RULES.score_bytes // per_row))
 
 
-def attention_weights(logits: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+def attention_weights(
+    logits: Tensor, *, mask: Tensor | None = None, empty_rows: bool = True, dropout_p: float = 0.0
+) -> Tensor:
     """Softmax attention weights over the last axis of ``logits`` that a mechanism computed
     itself for a structured set of keys (e.g. criss-cross: a row and a column per query).
 
@@ -182,6 +187,8 @@ def attention_weights(logits: Tensor, *, mask: Tensor | None = None, dropout_p: 
         logits: ``(..., K)`` scores, already scaled.
         mask: boolean, broadcastable to ``logits``; ``True`` where the key may be attended to.
             Rows with no key left get zero weights.
+        empty_rows: whether the mask can leave a row with no key; ``False`` (the caller
+            knows every row keeps one) saves a pass over the weights.
         dropout_p: dropout on the weights; pass 0 in evaluation.
 
     Returns:
@@ -194,5 +201,5 @@ def attention_weights(logits: Tensor, *, mask: Tensor | None = None, dropout_p: 
     if mask is not None and mask.dtype != torch.bool:
         raise ValueError(f"attention_weights: mask must be bool, got {mask.dtype}")
     scores = logits if mask is None else logits.masked_fill(~mask, float("-inf"))
-    weights = kernels.softmax_rows(scores, masked=mask is not None)
+    weights = kernels.softmax_rows(scores, masked=mask is not None and empty_rows)
     return F.dropout(weights, dropout_p) if dropout_p > 0 else weights

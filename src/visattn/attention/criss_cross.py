@@ -87,7 +87,8 @@ class CrissCrossAttention(AttentionModule):
         # The centre is already a column key: take it out of the row (H + W - 1 keys).
         cols = torch.arange(W, device=x.device)
         others = torch.cat([torch.ones(W, H, dtype=torch.bool, device=x.device), cols[:, None] != cols], -1)
-        weights = attention_weights(torch.cat([by_col, by_row], -1), mask=others)  # (B, H, W, H + W)
+        logits = torch.cat([by_col, by_row], -1)  # (B, H, W, H + W): every row keeps its column
+        weights = attention_weights(logits, mask=others, empty_rows=False)
         w_col, w_row = weights.split((H, W), -1)
         out = (w_col.transpose(1, 2) @ v_col).transpose(1, 2) + w_row @ v  # (B, H, W, C)
         if self.recording:

@@ -28,6 +28,7 @@ __all__ = [
     "load_timm_vit",
     "load_torchvision",
     "load_torchvision_vit",
+    "resolved_options",
 ]
 
 
@@ -62,6 +63,35 @@ def default_attention(name: str) -> str:
     if default is None:
         return "none"
     return default if isinstance(default, str) else "built in"
+
+
+def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus every other option of the model's builder at its current default,
+    where the default is plain data (numbers, strings, None, tuples): what a checkpoint
+    stores, so that a later change of a default cannot rebuild a different network from it.
+
+    Example:
+        >>> resolved_options("attention_cnn", {"attention": "cbam"})["strides"]
+        (2, 2, 2)
+    """
+    params = inspect.signature(MODELS.get(name)).parameters
+    resolved = dict(options)
+    for key, param in params.items():
+        if (
+            key in resolved
+            or key in ("num_classes", "in_channels")
+            or param.default is inspect.Parameter.empty
+        ):
+            continue
+        if _plain(param.default):
+            resolved[key] = param.default
+    return resolved
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_plain(v) for v in value)
 
 
 def list_models() -> list[str]:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from ..data import load_dataset
+from ..models import resolved_options
 from ..tasks import TASKS, Evaluation, Task
 from . import distributed as D
 from .checkpoint import CheckpointError
@@ -126,7 +127,9 @@ def train(
                 D.broadcast(place, str(new_run_dir(cfg.output, cfg.model)) if place.main else None)
             )
         record = RunRecord(run_dir, cfg, task, place, completed=state.epoch, new=resume is None)
-        meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs(), **task.describe()}
+        # Every option at its value now, defaults included: a later default cannot change it.
+        meta = {"model": cfg.model, "model_kwargs": resolved_options(cfg.model, cfg.model_kwargs()),
+                **task.describe()}  # fmt: skip
 
         def checkpoint(score: float | None = None) -> None:
             full = {**meta, "epoch": state.epoch, f"test_{task.score}": score}
