@@ -7,7 +7,7 @@ Example:
     >>> with visattn.record_attention(model) as maps:
     ...     logits = model(torch.randn(2, 1, 60, 60))
     >>> maps["attn"].shape
-    torch.Size([2, 4, 225, 225])
+    torch.Size([2, 4, 64, 64])
 """
 
 from .attention import (
