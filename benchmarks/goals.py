@@ -237,6 +237,18 @@ def row(K: int, windows: int, label: str, t: dict) -> str:
     return f"| {K} | {windows} | {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {best:.2f} |"
 
 
+def against_timm(ours, theirs, x: Tensor, *, train: bool, warmup: int, repeats: int) -> dict:
+    """Our module and timm's on the same input, interleaved: forward+backward when ``train``,
+    else a forward under ``no_grad``."""
+    ours.train(train), theirs.train(train)
+    if train:
+        runs = {"ours": fwd_bwd(ours, x), "timm": fwd_bwd(theirs, x)}
+    else:
+        runs = {"ours": torch.no_grad()(functools.partial(ours, x)),
+                "timm": torch.no_grad()(functools.partial(theirs, x))}  # fmt: skip
+    return interleave(runs, warmup=warmup, repeats=repeats)
+
+
 def window_module(side: int, repeats: int) -> list[str]:
     """The whole swin mechanism against timm's WindowAttention with Swin's pad/roll/partition."""
     ours = Swin(128, window_size=7, heads=4)
@@ -244,13 +256,7 @@ def window_module(side: int, repeats: int) -> list[str]:
     x = torch.randn(8, 128, side, side, requires_grad=True)
     rows = []
     for label, train in (("forward", False), ("fwd+bwd", True)):
-        ours.train(train), theirs.train(train)
-        if train:
-            runs = {"ours": fwd_bwd(ours, x), "timm": fwd_bwd(theirs, x)}
-        else:
-            runs = {"ours": torch.no_grad()(functools.partial(ours, x)),
-                    "timm": torch.no_grad()(functools.partial(theirs, x))}  # fmt: skip
-        t = interleave(runs, warmup=1, repeats=repeats)
+        t = against_timm(ours, theirs, x, train=train, warmup=1, repeats=repeats)
         ms = [t[name].median * 1e3 for name in ("ours", "timm")]
         ratio = paired_ratio(t["ours"], t["timm"])
         case = f"swin against timm's WindowAttention, {side}x{side} {label}"
@@ -315,13 +321,7 @@ def relative_local(quick: bool, repeats: int) -> list[str]:
             theirs = BASELINES[name]["timm"](ours, side, 8)
             x = torch.randn(8, 64, side, side, requires_grad=True)
             for label, train in (("forward", False), ("fwd+bwd", True)):
-                ours.train(train), theirs.train(train)
-                if train:
-                    runs = {"ours": fwd_bwd(ours, x), "timm": fwd_bwd(theirs, x)}
-                else:
-                    runs = {"ours": torch.no_grad()(functools.partial(ours, x)),
-                            "timm": torch.no_grad()(functools.partial(theirs, x))}  # fmt: skip
-                t = interleave(runs, warmup=2, repeats=repeats)
+                t = against_timm(ours, theirs, x, train=train, warmup=2, repeats=repeats)
                 ratio = paired_ratio(t["ours"], t["timm"])
                 ms = [t[k].median * 1e3 for k in ("ours", "timm")]
                 lines.append(
