@@ -29,8 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 from _report import machine, write_section
 from goals import naive
 from visattn import attention, create_model
+from visattn.attention import ATTENTION
 from visattn.attention.swin import ShiftedWindowAttention
-from visattn.bench.baselines import TimmShiftedWindows
+from visattn.bench.baselines import BASELINES, TimmShiftedWindows
 
 CONV = ("convolution", "mkldnn", "conv2d", "conv_depthwise", "_slow_conv")
 
@@ -127,6 +128,22 @@ def window_core_rows(steps: int) -> list[str]:
     return compare_rows(steps, {label: step(core) for label, core in cores.items()}, top=10)
 
 
+def relative_rows(steps: int) -> list[str]:
+    """BoT and halo against timm's layers at 8 x 8, forward: the sizes where timm is faster."""
+    rows = []
+    x = torch.randn(8, 64, 8, 8)
+    for name in ("bot", "halo"):
+        torch.manual_seed(0)
+        ours = ATTENTION.get(name)(64).eval()
+        theirs = BASELINES[name]["timm"](ours, 8, 8).eval()
+        rows += [f"{name}:", ""]
+        step_fns = {
+            label: torch.no_grad()(lambda m=m: m(x)) for label, m in (("visattn", ours), ("timm", theirs))
+        }
+        rows += [*compare_rows(steps, step_fns, top=10), ""]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -148,6 +165,10 @@ def main() -> None:
         "### Windowed attention core, forward + backward (K = 49, 512 windows, learnable bias)",
         "",
         *window_core_rows(args.steps),
+        "",
+        "### BoT and halo against timm's layers, forward at 8 x 8 (C = 64, B = 8)",
+        "",
+        *relative_rows(args.steps),
     ]
     write_section("Profiles", "\n".join(body))
 
