@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from swinkit import tiny_timm_swin
 from visattn import record_attention
 
 timm = pytest.importorskip("timm")
@@ -204,16 +205,7 @@ def test_patches_undone_after_errors_and_nesting_and_grad():
 
 
 def test_timm_swin_window_map_gradients_are_the_models():
-    model = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=3,
-        img_size=(40, 56),
-        window_size=3,
-        depths=(2, 2, 1, 1),
-        embed_dim=24,
-        num_heads=(1, 2, 2, 4),
-    ).eval()
+    model = tiny_timm_swin(3, (2, 2, 1, 1))
     x = torch.randn(2, 3, 40, 56)
     own: list[torch.Tensor] = []
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from swinkit import tiny_timm_swin
 from visattn import create_model
 from visattn.explain import explain
 from visattn.explain.cam import resolve_cam_layer
@@ -96,16 +97,7 @@ CASES = {
         lambda m: (m.blocks[-1].norm1, _tokens(3, (2, 3))),
     ),
     "timm-swin": (
-        lambda: timm.create_model(
-            "swin_tiny_patch4_window7_224",
-            pretrained=False,
-            num_classes=4,
-            img_size=(40, 56),
-            window_size=3,
-            depths=(1, 1, 1, 1),
-            embed_dim=24,
-            num_heads=(1, 2, 2, 4),
-        ),
+        lambda: tiny_timm_swin(4, (1, 1, 1, 1)),
         (40, 56),
         lambda m: (m.norm, lambda t: t.permute(0, 3, 1, 2)),
     ),

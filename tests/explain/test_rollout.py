@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from swinkit import tiny_timm_swin
 from visattn import create_model, record_attention
 from visattn.attention.base import AttentionModule
 from visattn.explain import explain
@@ -150,16 +151,7 @@ def _merging(fine: tuple[int, int], coarse: tuple[int, int]) -> torch.Tensor:
 
 
 def test_swin_rollout_and_grad_attention_are_the_written_out_products():
-    model = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=3,
-        img_size=(40, 56),  # grids 10x14, 5x7, 3x4 (an odd merge), 2x2
-        window_size=3,
-        depths=(2, 2, 1, 1),
-        embed_dim=24,
-        num_heads=(1, 2, 2, 4),
-    ).eval()
+    model = tiny_timm_swin(3, (2, 2, 1, 1))  # grids 10x14, 5x7, 3x4 (an odd merge), 2x2
     x = torch.randn(2, 3, 40, 56)
     with record_attention(model, grad=True) as maps:
         score = model(x)[:, 1].sum()
