@@ -36,6 +36,7 @@ from .data import DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
 from .explain.scorecard import scorecard as score_methods
+from .explain.scorecard import scorecard_images
 from .explain.scorecard_figures import save_method_maps
 from .explain.scorecard_files import records, write_scorecard
 from .explain.scorecard_methods import DEFAULT_METHODS, method_maps
@@ -455,9 +456,8 @@ def explain_command(
         if target is not None and not 0 <= target < meta["num_classes"]:
             raise ValueError(f"--target must be a class in 0..{meta['num_classes'] - 1}, got {target}")
         test = _compatible_data(meta, dataset, data_dir)[0].test
-        idx = list(range(min(images or (500 if scorecard else 6), len(test))))
-        x = test.__getitems__(idx)[0].to(dev)
-        boxes = None if test.boxes is None else test.boxes[idx]
+        x, boxes = scorecard_images(test, images or (500 if scorecard else 6))
+        x, boxes = x.to(dev), None if boxes is None else boxes.to(dev)
         if scorecard:
             card = score_methods(
                 model, x, boxes=boxes, methods=method, target=target, steps=steps, seed=seed, sanity=sanity,
@@ -471,7 +471,7 @@ def explain_command(
     if scorecard:
         rows = records(card)
         total = sum(r["seconds"] for r in rows)
-        console.print(_scorecard_table(rows, f"{len(idx)} test images, {steps} steps, blur, {total:.0f} s"))
+        console.print(_scorecard_table(rows, f"{len(x)} test images, {steps} steps, blur, {total:.0f} s"))
         for line in _flag_lines(rows):
             console.print(escape(line), highlight=False)
     console.print("wrote " + ", ".join(f"[cyan]{escape(str(p))}[/cyan]" for p in written))

@@ -163,3 +163,18 @@ def test_road_is_seeded_antisymmetric_and_leaves_the_callers_random_stream():
     # the imputation noise, drawn in another order)
     reversed_score = road_scores(model, x, 1 - ranks, classes, seed=1)
     torch.testing.assert_close(reversed_score, -score, atol=0.01, rtol=0)
+
+
+def test_scorecard_images_are_spread_over_a_split_stored_class_by_class():
+    from visattn.data.datasets import ImageTensorDataset
+    from visattn.explain.scorecard import scorecard_images
+
+    labels = torch.arange(10).repeat_interleave(20)  # 200 images, class by class
+    images = torch.arange(200).to(torch.uint8).view(200, 1, 1, 1).expand(200, 1, 4, 4).contiguous()
+    boxes = torch.stack([torch.arange(200)] * 4, dim=1)
+    data = ImageTensorDataset(images, labels, boxes=boxes, stats=((0.0,), (1.0,)))
+    x, b = scorecard_images(data, 20)
+    picked = (x[:, 0, 0, 0] * 255).round().long()  # pixels are read as value / 255
+    assert picked.tolist() == list(range(0, 200, 10))  # every tenth image: two of each class
+    assert b[:, 0].tolist() == picked.tolist()
+    assert len(scorecard_images(data, 500)[0]) == 200  # no more than the split holds

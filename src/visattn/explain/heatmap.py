@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..maps import AttentionMaps, record_attention
+from .request import evaluating
 
 
 def received_attention(attn: Tensor, keys: Tensor, positions: int) -> Tensor:
@@ -100,6 +101,14 @@ def spatial_map_names(maps: AttentionMaps) -> list[str]:
         ):
             names.append(name)
     return names
+
+
+def has_spatial_attention(model: nn.Module, images: Tensor) -> bool:
+    """Whether a forward pass of ``model`` (in eval mode, on the first of ``images``) records
+    a map that becomes a heat map."""
+    with evaluating(model), torch.no_grad(), record_attention(model) as maps:
+        model(images[:1])
+    return bool(spatial_map_names(maps))
 
 
 @torch.no_grad()

@@ -72,7 +72,7 @@ def relevance_order(heat: Tensor, *, seed: int = 0) -> Tensor:
     return shuffle[ranked]
 
 
-def _step_masks(order: Tensor, steps: int) -> Tensor:
+def step_masks(order: Tensor, steps: int) -> Tensor:
     """``(B, steps + 1, H*W)`` float: 1 where a pixel is among the first ``k / steps`` of its
     image's order, for k = 0 .. steps."""
     b, n = order.shape
@@ -122,7 +122,7 @@ def deletion_insertion(
     with evaluating(model), torch.no_grad():
         classes = resolve_target(target, model(images))
         blurred = gaussian_blur(images, blur_sigma)
-        masks = _step_masks(relevance_order(heat, seed=seed), steps).view(b, steps + 1, 1, h, w)
+        masks = step_masks(relevance_order(heat, seed=seed), steps).view(b, steps + 1, 1, h, w)
         original, soft = images[:, None], blurred[:, None]  # (B, 1, C, H, W)
         curves = []
         for start, fill in ((original, soft), (soft, original)):  # deletion, then insertion

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .metrics import PerturbationCurves, _step_masks, gaussian_blur, relevance_order
+from .metrics import PerturbationCurves, gaussian_blur, relevance_order, step_masks
 from .request import evaluating
 
 
@@ -77,7 +77,7 @@ class SharedPerturbation:
             raise ValueError(f"the map must be (B, H, W) = {(b, h, w)}, got {tuple(heat.shape)}")
         k = self.steps - 1  # interior points of each curve
         with evaluating(self.model), torch.no_grad():
-            masks = _step_masks(relevance_order(heat, seed=self.seed), self.steps)[:, 1 : self.steps]
+            masks = step_masks(relevance_order(heat, seed=self.seed), self.steps)[:, 1 : self.steps]
             masks = masks.view(b, k, 1, h, w)  # (B, steps - 1, 1, H, W)
             original, fill = self.images[:, None], self.blurred[:, None]  # (B, 1, C, H, W)
             deleted = original * (1 - masks) + fill * masks  # (B, steps - 1, C, H, W)

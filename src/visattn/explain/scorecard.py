@@ -186,6 +186,23 @@ def scorecard(
     )  # fmt: skip
 
 
+def scorecard_images(dataset: Dataset, images: int) -> tuple[Tensor, Tensor | None]:
+    """``images`` images of ``dataset`` spread evenly over it (all of them when it has no more),
+    and their ``boxes`` where the dataset has them: ``(n, C, H, W)``, ``(n, 4)`` or ``None``.
+
+    Spread, not the first ones: a test split stored class by class (Cluttered MNIST's is)
+    would otherwise give the scores of its first classes only.
+    """
+    total = len(dataset)
+    if images < 1 or total == 0:
+        raise ValueError(f"the scorecard needs at least one image, got images={images} of {total}")
+    count = min(images, total)
+    idx = [i * total // count for i in range(count)]
+    x, _ = dataset.__getitems__(idx)
+    boxes = getattr(dataset, "boxes", None)
+    return x, None if boxes is None else boxes[idx]
+
+
 def quick_scorecard(
     model: nn.Module,
     dataset: Dataset,
@@ -196,22 +213,19 @@ def quick_scorecard(
     seed: int = 0,
 ) -> Scorecard:
     """The scorecard a training run can end with: the attention map and the random and input
-    baselines on the first ``images`` test images, no randomisation check, no ROAD.
+    baselines on ``images`` test images spread over the split (``scorecard_images``), no
+    randomisation check, no ROAD.
 
     Args:
         model: the trained network (it must record spatial attention).
         dataset: the test split (an ``ImageTensorDataset``; its ``boxes`` give the pointing game).
-        images: how many of its first images to score.
+        images: how many of its images to score.
         device: where the model is.
         steps: deletion and insertion steps.
         seed: as in ``scorecard``.
     """
-    idx = list(range(min(images, len(dataset))))
-    if not idx:
-        raise ValueError(f"quick_scorecard needs at least one image, got images={images} of {len(dataset)}")
-    x, _ = dataset.__getitems__(idx)
-    boxes = getattr(dataset, "boxes", None)
+    x, boxes = scorecard_images(dataset, images)
     return scorecard(
-        model, x.to(device), boxes=None if boxes is None else boxes[idx], methods=["attention"],
+        model, x.to(device), boxes=None if boxes is None else boxes.to(device), methods=["attention"],
         baselines=QUICK_BASELINES, steps=steps, seed=seed,
     )  # fmt: skip

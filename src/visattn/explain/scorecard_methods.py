@@ -6,22 +6,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..maps import record_attention
 from ..registry import EXPLAINERS
-from .heatmap import spatial_map_names
+from .heatmap import has_spatial_attention
 from .methods import explain
 from .request import evaluating, resolve_target
 
 BASELINES = ("random", "centre", "input")
 DEFAULT_METHODS = ("attention", "grad-attention", "gradcam", "gradcam++", *BASELINES)
 NEEDS_ATTENTION = frozenset({"attention", "rollout", "grad-attention"})
-
-
-def has_spatial_attention(model: nn.Module, images: Tensor) -> bool:
-    """Whether a forward pass of ``model`` records a map that becomes a heat map."""
-    with evaluating(model), torch.no_grad(), record_attention(model) as maps:
-        model(images[:1])
-    return bool(spatial_map_names(maps))
 
 
 def resolve_methods(

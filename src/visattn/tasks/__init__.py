@@ -6,7 +6,7 @@ Each task registers itself in ``TASKS``; ``TrainConfig.task`` names one.
 from ..registry import TASKS
 from .base import Evaluation, StepOutput, Task, as_memory_format
 from .classification import Classification
-from .evaluate import EvalResult, evaluate, has_spatial_attention
+from .evaluate import EvalResult, evaluate
 
 __all__ = [
     "TASKS",
@@ -17,5 +17,4 @@ __all__ = [
     "Task",
     "as_memory_format",
     "evaluate",
-    "has_spatial_attention",
 ]

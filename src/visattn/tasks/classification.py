@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle
-from ..explain import save_confusion_matrix, save_model_attention
+from ..explain import has_spatial_attention, save_confusion_matrix, save_model_attention
 from ..models import create_model
 from ..registry import TASKS
 from .base import StepOutput, Task, as_memory_format
-from .evaluate import EvalResult, evaluate, has_spatial_attention
+from .evaluate import EvalResult, evaluate
 
 
 @TASKS.register("classification")
@@ -96,7 +96,7 @@ class Classification(Task):
         self, model: nn.Module, evaluation: Any, run_dir: Path, *, device: torch.device
     ) -> dict[str, str]:
         save_confusion_matrix(run_dir / "confusion.png", evaluation.confusion, self.bundle.classes)
-        if not has_spatial_attention(model, self.bundle.test, device):
+        if not has_spatial_attention(model, self.bundle.test.__getitems__([0])[0].to(device)):
             return {}
         save_model_attention(
             model, self.bundle.test, self.bundle.classes, run_dir / "attention.png", device=device

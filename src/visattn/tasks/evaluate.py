@@ -17,8 +17,7 @@ from torch.utils.data import Dataset
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from ..explain import model_heatmap, pointing_hits, spatial_map_names
-from ..maps import record_attention
+from ..explain import has_spatial_attention, model_heatmap, pointing_hits
 
 
 @dataclass
@@ -56,17 +55,6 @@ class EvalResult:
         }  # fmt: skip
 
 
-def has_spatial_attention(model: nn.Module, dataset: Dataset, device: torch.device) -> bool:
-    """Whether ``model`` records a map that can be turned into a heat map."""
-    x, _ = dataset.__getitems__([0])
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), record_attention(model) as maps:
-        model(x.to(device))
-    model.train(was_training)
-    return bool(spatial_map_names(maps))
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -88,7 +76,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     boxes = getattr(dataset, "boxes", None)
-    pointing = boxes is not None and has_spatial_attention(model, dataset, device)
+    pointing = boxes is not None and has_spatial_attention(model, dataset.__getitems__([0])[0].to(device))
     loss = MeanMetric().to(device)
     confusion = MulticlassConfusionMatrix(num_classes).to(device)
     top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(device) if num_classes >= 5 else None
