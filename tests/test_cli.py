@@ -179,10 +179,20 @@ def test_train_evaluate_predict_explain(tmp_path):
     steps = sorted(n for n in names if n.startswith("step-"))
     assert names - set(steps) == {
         "config.yaml", "metrics.csv", "timing.csv", "last.safetensors", "last.state.pt", "best.safetensors",
-        "attention.png", "confusion.png", "summary.json",
+        "attention.png", "confusion.png", "summary.json", "report.html",
+        "scorecard.csv", "scorecard.json", "scorecard_curves.png", "scorecard_maps.png",
     }  # fmt: skip
     assert len(steps) == 4  # the two most recent step checkpoints, weights and state each
     summary = json.loads((run_dir / "summary.json").read_text())
+    # the closing quick scorecard: the attention map and two baselines, as scorecard.json has them
+    card = json.loads((run_dir / "scorecard.json").read_text())
+    assert [r["method"] for r in card["methods"]] == ["attention", "random", "input"]
+    assert card["protocol"]["images"] == min(200, len(load_dataset("mnist-sample").test))
+    for r in card["methods"]:
+        assert summary["scorecard"]["methods"][r["method"]] == {
+            k: r[k] for k in ("pointing", "deletion_auc", "insertion_auc")
+        }
+    assert "faithfulness" in result.output and "scorecard.json" in result.output
     assert summary["test_accuracy"] > 0.85 and summary["pointing_game"] is None  # no boxes in plain MNIST
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,train_loss") and len(rows) == 4

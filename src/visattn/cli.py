@@ -32,6 +32,7 @@ from rich.table import Table
 from .attention import ATTENTION
 from .catalog import catalog, catalog_markdown, model_cost, models_markdown
 from .cli_options import schema_parameters, with_parameters
+from .cli_report import report_command
 from .data import DataUnavailableError, ImageTensorDataset, load_dataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
@@ -224,6 +225,7 @@ def train_command(
 
 
 app.command("train")(with_parameters(train_command, schema_parameters(TrainConfig)))
+app.command("report")(report_command)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -238,15 +240,24 @@ def _print_summary(s: dict[str, Any]) -> None:
         best = f"best {s['best_test_accuracy']:.2%} at epoch {s['best_epoch']}"
         rows.append(("test accuracy", f"{s['test_accuracy']:.2%}{top5} ({best})"))
         rows.append(("pointing game", "n/a" if s["pointing_game"] is None else f"{s['pointing_game']:.1%}"))
+    if s.get("scorecard"):
+        rows.append(("faithfulness", _quick_scores(s["scorecard"])))
     rows += [
         ("throughput", f"{rate:.0f} training images/s on {s['device']} x {s['processes']} process(es)"),
         ("wall time", f"{s['wall_seconds']:.0f} s"),
         ("run folder", s["run_dir"]),
+        *([("report", s["report"])] if s.get("report") else []),
     ]
     table = Table(title="training summary", show_header=False)
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print(table)
+
+
+def _quick_scores(card: dict[str, Any]) -> str:
+    """One line of the closing quick scorecard: insertion / deletion AUC of each map."""
+    parts = [f"{m} {v['insertion_auc']:.2f} / {v['deletion_auc']:.2f}" for m, v in card["methods"].items()]
+    return f"insertion / deletion AUC: {', '.join(parts)} ({card['images']} test images, scorecard.json)"
 
 
 def _compatible_data(meta: dict[str, Any], dataset: str | None, data_dir: Path | None) -> tuple[Any, str]:

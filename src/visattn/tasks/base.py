@@ -117,9 +117,9 @@ class Task(ABC):
     @abstractmethod
     def write_figures(
         self, model: nn.Module, evaluation: Evaluation, run_dir: Path, *, device: torch.device
-    ) -> dict[str, str]:
-        """Write the run's figures into ``run_dir`` (main process only); returns the
-        ``summary.json`` entries naming them."""
+    ) -> dict[str, Any]:
+        """Write the run's figures (and closing explanation scores) into ``run_dir`` (main
+        process only); returns the ``summary.json`` entries naming them."""
 
 
 def as_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Image classification: a batch is ``(images (B, C, H, W), labels (B,))``, the loss is
 cross-entropy (with optional label smoothing), the metrics are top-1/top-5 and per-class
 accuracy, the confusion matrix and -- where the data has object boxes -- the pointing game;
-a run writes ``confusion.png`` and, for models with spatial attention, ``attention.png``.
+a run writes ``confusion.png`` and, for models with spatial attention, ``attention.png`` and
+a quick faithfulness scorecard (``scorecard.json`` and its companions; ``explain.scorecard``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle
-from ..explain import has_spatial_attention, save_confusion_matrix, save_model_attention
+from ..explain import (
+    has_spatial_attention,
+    quick_scorecard,
+    records,
+    save_confusion_matrix,
+    save_model_attention,
+    write_scorecard,
+)
 from ..models import create_model
 from ..registry import TASKS
 from .base import StepOutput, Task, as_memory_format
 from .evaluate import EvalResult, evaluate
+
+log = logging.getLogger(__name__)
 
 
 @TASKS.register("classification")
@@ -29,6 +41,7 @@ class Classification(Task):
     Args:
         bundle: the data set; its ``classes`` and ``in_channels`` shape the model.
         smoothing: label smoothing of the training loss (0 for none).
+        scorecard_images: test images of the quick scorecard a run ends with (0: none).
 
     Example:
         >>> from visattn.data import load_dataset
@@ -41,15 +54,17 @@ class Classification(Task):
     train_metrics = ("loss", "accuracy")
     eval_columns = ("test_loss", "test_accuracy", "test_top5", "pointing_game")
 
-    def __init__(self, bundle: DataBundle, *, smoothing: float = 0.0) -> None:
+    def __init__(self, bundle: DataBundle, *, smoothing: float = 0.0, scorecard_images: int = 200) -> None:
         super().__init__(bundle)
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        self.smoothing = smoothing
+        if scorecard_images < 0:
+            raise ValueError(f"scorecard_images must be >= 0, got {scorecard_images}")
+        self.smoothing, self.scorecard_images = smoothing, scorecard_images
 
     @classmethod
     def from_config(cls, bundle: DataBundle, config: Any) -> Classification:
-        return cls(bundle, smoothing=config.smoothing)
+        return cls(bundle, smoothing=config.smoothing, scorecard_images=config.scorecard_images)
 
     def build_model(self, name: str, options: dict[str, Any]) -> nn.Module:
         b = self.bundle
@@ -94,11 +109,26 @@ class Classification(Task):
 
     def write_figures(
         self, model: nn.Module, evaluation: Any, run_dir: Path, *, device: torch.device
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
+        test = self.bundle.test
         save_confusion_matrix(run_dir / "confusion.png", evaluation.confusion, self.bundle.classes)
-        if not has_spatial_attention(model, self.bundle.test.__getitems__([0])[0].to(device)):
+        if not has_spatial_attention(model, test.__getitems__([0])[0].to(device)):
             return {}
-        save_model_attention(
-            model, self.bundle.test, self.bundle.classes, run_dir / "attention.png", device=device
-        )
-        return {"attention_figure": "attention.png"}
+        save_model_attention(model, test, self.bundle.classes, run_dir / "attention.png", device=device)
+        written: dict[str, Any] = {"attention_figure": "attention.png"}
+        if self.scorecard_images:
+            start = time.perf_counter()
+            card = quick_scorecard(model, test, images=self.scorecard_images, device=device)
+            write_scorecard(card, run_dir, stats=test.stats)
+            written["scorecard"] = {
+                "file": "scorecard.json", "images": card.protocol["images"],
+                "steps": card.protocol["steps"], "seconds": round(time.perf_counter() - start, 2),
+                "methods": {r["method"]: {k: r[k] for k in ("pointing", "deletion_auc", "insertion_auc")}
+                            for r in records(card)},
+            }  # fmt: skip
+            log.info(
+                "quick scorecard: %d test images in %.1f s",
+                card.protocol["images"],
+                written["scorecard"]["seconds"],
+            )
+        return written

@@ -102,6 +102,9 @@ class TrainConfig(BaseModel):
     keep: int = Field(2, ge=0, description="Step checkpoints kept besides last and best")
     nan: Literal["stop", "skip"] = Field("stop", description="On a non-finite loss: stop, or skip the step")
     tensorboard: bool = Field(False, description="Also write TensorBoard scalars")
+    scorecard_images: int = Field(
+        200, ge=0, description="Test images of the closing quick scorecard (0: none)"
+    )
 
     @field_validator("task")
     @classmethod
@@ -224,7 +227,7 @@ def _describe(error: Any) -> str:
 
 
 #: Settings that may differ when a run is resumed: they do not change what is computed.
-RESUME_FREE = ("device", "workers", "tensorboard", "output")
+RESUME_FREE = ("device", "workers", "tensorboard", "output", "scorecard_images")
 
 
 def resume_config(run_dir: Path, **overrides: Any) -> TrainConfig:
