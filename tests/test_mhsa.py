@@ -45,7 +45,8 @@ def test_mhsa2d_matches_torch_multihead_attention(hw):
 @pytest.mark.parametrize(("grid", "n"), [((4, 3), 12), ((4, 3), 13), (None, 7)])
 def test_token_attention_matches_torch_multihead_attention(grid, n):
     """The one token class, as the ViT and MultiHeadSelfAttention2d use it: a grid of
-    positions (the map carries it) or a class token and a grid (the class token's row)."""
+    positions (the map carries it) or a class token and a grid (the full map carries the grid
+    and one prefix token, and the class token's row is kept as well)."""
     module = MultiHeadAttention(32, heads=4).eval()
     mha = torch_mha_like(module)
     x = torch.randn(3, n, 32)
@@ -54,7 +55,8 @@ def test_token_attention_matches_torch_multihead_attention(grid, n):
     with record_attention(module) as maps:
         module(x, grid=grid)
     torch.testing.assert_close(maps["MultiHeadAttention"], expected_w, atol=1e-6, rtol=1e-5)
-    assert maps.grid("MultiHeadAttention") == (grid if n == 12 else None)
+    assert maps.grid("MultiHeadAttention") == grid  # with the class token in front: one prefix token
+    assert maps.prefix_tokens("MultiHeadAttention") == (1 if n == 13 else 0)
     if n == 13:
         cls = expected_w[:, :, :1, 1:]
         torch.testing.assert_close(maps["MultiHeadAttention:cls"], cls / cls.sum(-1, keepdim=True))

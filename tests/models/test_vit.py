@@ -14,7 +14,7 @@ import torchvision
 from modelkit import one_training_step
 
 from visattn import record_attention
-from visattn.explain import model_heatmap
+from visattn.explain import explain, model_heatmap
 from visattn.flops import count_flops
 from visattn.models import MODELS, create_model
 from visattn.models.vit import VisionTransformer, vit_base_patch16, vit_tiny_patch16
@@ -126,7 +126,8 @@ def test_recorded_maps_are_the_softmax_of_the_block_input():
     assert max_gap(fused, explicit) <= 1e-5
     assert list(maps) == ["blocks.0.attn", "blocks.0.attn:cls", "blocks.1.attn", "blocks.1.attn:cls"]
     full, cls = maps["blocks.1.attn"], maps["blocks.1.attn:cls"]
-    assert full.shape == (2, 2, 16, 16) and maps.grid("blocks.1.attn") is None
+    assert full.shape == (2, 2, 16, 16) and maps.grid("blocks.1.attn") == (5, 3)
+    assert maps.prefix_tokens("blocks.1.attn") == 1 and maps.prefix_tokens("blocks.1.attn:cls") == 0
     assert cls.shape == (2, 2, 1, 15) and maps.grid("blocks.1.attn:cls") == (5, 3)
     # float64 reference: softmax(q k^T / sqrt(d)) from the block's (normalised) input.
     attn = model.blocks[1].attn
@@ -138,6 +139,20 @@ def test_recorded_maps_are_the_softmax_of_the_block_input():
     torch.testing.assert_close(cls.double(), row / row.sum(-1, keepdim=True), atol=1e-6, rtol=1e-5)
     _, heat, layer = model_heatmap(model, x)
     assert layer == "blocks.1.attn:cls" and heat.shape == (2, 40, 20)
+
+
+@pytest.mark.parametrize("method", ["rollout", "grad-attention"])
+def test_rollout_and_grad_attention_equal_timms_given_the_same_weights(method):
+    """Both read the full maps with their grid and class token, as they read timm's."""
+    torch.manual_seed(2)
+    config = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    theirs = perturb(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, **config))
+    ours = VisionTransformer(5, img_size=32, patch_size=8, embed_dim=32, depth=2, heads=2).eval()
+    load_timm_vit(ours, theirs.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    a, b = explain(ours, x, method=method, target=1), explain(theirs, x, method=method, target=1)
+    assert a.shape == (3, 32, 32) and a.std() > 0.01  # not flat
+    assert max_gap(a, b) <= 1e-4
 
 
 def test_without_attention_equals_a_zero_attention_branch():

@@ -50,8 +50,9 @@ class MultiHeadAttention(AttentionModule):
     Shapes: ``(B, N, C) -> (B, N, C)``. ``forward(x, grid=(h, w))`` names the positions of
     the tokens: either ``N == h*w`` (every token a position: the recorded map
     ``(B, heads, N, N)`` carries that grid) or ``N == 1 + h*w`` (a leading class token: the
-    full map without grid, and part ``"cls"``, the class token's weights over the patches,
-    ``(B, heads, 1, h*w)``, renormalised to sum to 1, which ``visattn.explain`` draws).
+    full map with the grid and one prefix token, which rollout and grad-attention read, and
+    part ``"cls"``, the class token's weights over the patches, ``(B, heads, 1, h*w)``,
+    renormalised to sum to 1, which the ``attention`` heat map draws).
 
     Example:
         >>> MultiHeadAttention(64, heads=4)(torch.randn(2, 1 + 7 * 7, 64), grid=(7, 7)).shape
@@ -124,13 +125,13 @@ class MultiHeadAttention(AttentionModule):
 
     def _keep(self, weights: Tensor, grid: tuple[int, int] | None) -> None:
         N = weights.shape[-1]
-        if grid is not None and grid[0] * grid[1] == N:
-            self.keep_map(weights, kind="softmax", grid=tuple(grid))  # (B, heads, N, N)
+        if grid is None or grid[0] * grid[1] == N:  # no positions named, or every token a position
+            self.keep_map(weights, kind="softmax", grid=None if grid is None else tuple(grid))  # (B, h, N, N)
             return
-        self.keep_map(weights, kind="softmax")  # (B, heads, N, N)
-        if grid is not None:  # a leading class token
-            cls = weights[:, :, :1, 1:]  # (B, heads, 1, h*w)
-            self.keep_map(cls / cls.sum(-1, keepdim=True), kind="softmax", grid=tuple(grid), part="cls")
+        # a leading class token: the full map (rollout and grad-attention read it) and the class row
+        self.keep_map(weights, kind="softmax", grid=tuple(grid), prefix=N - grid[0] * grid[1])
+        cls = weights[:, :, :1, 1:]  # (B, heads, 1, h*w)
+        self.keep_map(cls / cls.sum(-1, keepdim=True), kind="softmax", grid=tuple(grid), part="cls")
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, heads={self.heads}, head_dim={self.head_dim}"
