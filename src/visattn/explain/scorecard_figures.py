@@ -61,15 +61,20 @@ def save_method_maps(
     *,
     boxes: Tensor | None = None,
     stats: tuple[tuple[float, ...], tuple[float, ...]],
+    by_method: bool = False,
+    title: str = "maps of each method (+ peak; box: the object)",
 ) -> None:
-    """One row per image: the input, then every method's map over it, its peak marked and the
-    object box drawn where there is one. Writes a PNG to ``path``.
+    """Every method's map over each image, its peak marked and the object box drawn where
+    there is one. Writes a PNG to ``path``.
 
     Args:
         images: ``(k, C, H, W)`` normalised input.
         maps: method name -> ``(k, H, W)`` maps in [0, 1].
         boxes: optional ``(k, 4)`` object boxes ``(x0, y0, x1, y1)``.
         stats: the data set's ``(mean, std)`` per channel, to undo the normalisation.
+        by_method: one row per method and a column per image (a strip for one method), instead
+            of one row per image with the input first and a column per method.
+        title: the figure's title.
     """
     plt = _pyplot()
     from matplotlib.patches import Rectangle
@@ -78,14 +83,18 @@ def save_method_maps(
     pics = (
         (images.detach().cpu().float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     )  # (k, H, W, C)
-    rows, cols = pics.shape[0], len(maps) + 1
+    k, gray = pics.shape[0], pics.shape[-1] == 1
+    heats = {name: heat.detach().cpu().float().numpy() for name, heat in maps.items()}
+    if by_method:  # (row title, image index, map or None) for each panel
+        grid = [[(name, i, heats[name][i]) for i in range(k)] for name in heats]
+    else:
+        grid = [[("input", i, None)] + [(name, i, heats[name][i]) for name in heats] for i in range(k)]
+    rows, cols = len(grid), len(grid[0])
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.3), squeeze=False)
-    gray = pics.shape[-1] == 1
-    for i in range(rows):
-        pic = pics[i, ..., 0] if gray else pics[i]
-        panels = [("input", None), *((name, heat[i].detach().cpu().numpy()) for name, heat in maps.items())]
-        for ax, (title, heat) in zip(axes[i], panels, strict=True):
-            ax.imshow(pic, cmap="gray" if gray else None, vmin=0, vmax=1)
+    for r, row in enumerate(grid):
+        for c, (name, i, heat) in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(pics[i, ..., 0] if gray else pics[i], cmap="gray" if gray else None, vmin=0, vmax=1)
             if heat is not None:
                 ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 py, px = np.unravel_index(np.argmax(heat), heat.shape)
@@ -95,9 +104,11 @@ def save_method_maps(
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-    fig.suptitle("maps of each method (+ peak; box: the object)", fontsize=9)
+            if by_method and c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            elif not by_method and r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
