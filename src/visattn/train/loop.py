@@ -26,6 +26,7 @@ from torchmetrics import MeanMetric
 
 from ..data import load_dataset
 from ..models import resolved_options
+from ..report import write_run_report
 from ..tasks import TASKS, Evaluation, Task
 from . import distributed as D
 from .checkpoint import CheckpointError
@@ -200,6 +201,7 @@ def train(
         if place.main:
             summary.update(task.write_figures(state.evaluated, evaluation, run_dir, device=device))
             record.finish(summary)
+            summary["report"] = write_run_report(run_dir, test=bundle.test)  # last; never raises
         return summary
 
 
