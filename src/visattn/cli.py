@@ -31,6 +31,7 @@ from rich.table import Table
 
 from .attention import ATTENTION
 from .catalog import catalog, catalog_markdown, model_cost, models_markdown
+from .cli_compare import compare_command
 from .cli_options import schema_parameters, with_parameters
 from .cli_report import report_command
 from .data import DataUnavailableError, ImageTensorDataset, load_dataset
@@ -226,6 +227,7 @@ def train_command(
 
 app.command("train")(with_parameters(train_command, schema_parameters(TrainConfig)))
 app.command("report")(report_command)
+app.command("compare")(compare_command)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
