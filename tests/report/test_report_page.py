@@ -109,6 +109,23 @@ def test_a_comparison_folder_leads_with_its_leaderboard_and_links_its_runs(tmp_p
     )
 
 
+def test_a_compare_folder_shows_its_protocol_nested_columns_and_members_two_levels_down(tmp_path):
+    for member in ("none-seed0", "se-seed0"):  # members/<attention>-seed<k>/<run folder>/
+        run = tmp_path / "members" / member / "20261201-120000-attention_cnn"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+    rows = [{"attention": "se", "seeds": [0, 1], "test_accuracy": 0.95,
+             "vs_none": {"mean": 0.012, "low": -0.003, "high": 0.027, "beyond_noise": False}},
+            {"attention": "none", "seeds": [0, 1], "test_accuracy": 0.94, "vs_none": None}]  # fmt: skip
+    board = {"protocol": {"epochs": 12, "dataset": "cluttered-mnist"}, "rows": rows}
+    (tmp_path / "leaderboard.json").write_text(json.dumps(board))
+    (tmp_path / "comparison.json").write_text("{}")
+    section = section_text(page_of(tmp_path), "leaderboard")
+    assert "<summary>protocol</summary>" in section and "cluttered-mnist" in section
+    assert "vs none beyond noise" in section and "<td>no</td>" in section and "0, 1" in section
+    assert section.count('<a href="members/') == 2 and "member runs (2)" in section
+
+
 def test_a_leaderboard_csv_is_enough(tmp_path):
     (tmp_path / "leaderboard.csv").write_text("run,test_accuracy\nx,0.5\n")
     board = section_text(page_of(tmp_path), "leaderboard")

@@ -82,13 +82,17 @@ def _margins(methods: list[dict[str, Any]]) -> str:
 
 
 def leaderboard_section(run_dir: Path) -> str:
-    rows, scalars = _leaderboard_rows(run_dir)
+    rows, scalars, details = _leaderboard_rows(run_dir)
     parts = []
     if scalars:
         parts.append(key_values((k, esc(v)) for k, v in scalars.items()))
+    for name, value in details.items():  # the protocol and the like
+        parts.append(f"<details><summary>{esc(name)}</summary>"
+                     + key_values((k, esc(v)) for k, v in _flat(value).items()) + "</details>")  # fmt: skip
     if rows:
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        body = [[_cell(r.get(c)) for c in columns] for r in rows]
+        flat = [_flat(r) for r in rows]
+        columns = list(dict.fromkeys(k for r in flat for k in r))
+        body = [[_cell(r.get(c)) for c in columns] for r in flat]
         parts.append(table([esc(c.replace("_", " ")) for c in columns], body, cls="num"))
     if (run_dir / "leaderboard.png").is_file():
         uri = file_uri(run_dir / "leaderboard.png")[0]
@@ -102,49 +106,64 @@ def leaderboard_section(run_dir: Path) -> str:
             rel = member.relative_to(run_dir).as_posix()
             target = f"{rel}/report.html" if (member / "report.html").is_file() else f"{rel}/"
             links.append(f'<li><a href="{esc(target)}">{esc(rel)}</a></li>')
-        parts.append("<h3>member runs</h3><ul>" + "".join(links) + "</ul>")
+        parts.append(f"<h3>member runs ({len(members)})</h3><ul>" + "".join(links) + "</ul>")
     return "".join(parts)
 
 
-def _leaderboard_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The leaderboard's rows and its plain top-level values, from the JSON file, else the CSV."""
+def _leaderboard_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The leaderboard's rows, its plain top-level values and its mappings (the protocol), from
+    the JSON file (``{"protocol": ..., "rows": [...]}`` or a bare list of rows), else the CSV."""
     if not any((run_dir / n).is_file() for n in ("leaderboard.json", "leaderboard.csv")):
         raise Absent("not a comparison folder (no leaderboard.json or leaderboard.csv)")
     if (run_dir / "leaderboard.json").is_file():
         data = read_json(run_dir / "leaderboard.json")
         if isinstance(data, list):
-            return [r for r in data if isinstance(r, dict)], {}
+            return [r for r in data if isinstance(r, dict)], {}, {}
         if isinstance(data, dict):
             lists = [v for v in data.values()
                      if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]  # fmt: skip
             scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
-            return (lists[0] if lists else []), scalars
+            details = {k: v for k, v in data.items() if isinstance(v, dict)}
+            return (lists[0] if lists else []), scalars, details
         raise ValueError("leaderboard.json holds neither a list of rows nor a mapping")
-    return read_csv(run_dir / "leaderboard.csv"), {}
+    return read_csv(run_dir / "leaderboard.csv"), {}, {}
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with nested mappings spread into ``outer_inner`` keys and lists joined."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            for inner, v in _flat(value).items():
+                out[f"{key}_{inner}"] = v
+        elif isinstance(value, list):
+            out[key] = ", ".join(map(str, value))
+        else:
+            out[key] = value
+    return out
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return esc(value)
     n = number(value) if isinstance(value, str) else None
     return fmt(n if n is not None and not str(value).strip().isdigit() else value)
 
 
 def member_runs(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """Run folders inside a comparison folder: its sub-folders holding run files, and any
-    folder a leaderboard row names (``run_dir``, ``run``) that lies inside it."""
-    found = {p for p in folder.iterdir() if p.is_dir() and any((p / f).is_file() for f in RUN_FILES)}
+    """Run folders inside a comparison folder, down to three levels (``members/<name>/<run>/``
+    as ``visattn compare`` lays them out), and any folder inside it that a leaderboard row
+    names (``run_dir``, ``run``, ``folder``)."""
+    found = {
+        p.parent for depth in ("*", "*/*", "*/*/*") for f in RUN_FILES for p in folder.glob(f"{depth}/{f}")
+    }
+    root = folder.resolve()
     for row in rows:
         for key in ("run_dir", "run", "folder"):
             value = row.get(key)
             if isinstance(value, str) and value:
-                path = Path(value) if Path(value).is_absolute() else folder / value
-                try:
-                    if path.is_dir() and path.resolve().is_relative_to(folder.resolve()):
-                        found.add(folder / path.resolve().relative_to(folder.resolve()))
-                except OSError:
-                    continue
-    return sorted(found)
+                path = (folder / value).resolve()
+                if path.is_dir() and path != root and path.is_relative_to(root):
+                    found.add(folder / path.relative_to(root))
+    return sorted(p for p in found if p.is_dir() and p.resolve() != root)
 
 
 def files_section(run_dir: Path) -> str:
