@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..memory_format import to_memory_format
 from .heatmap import pointing_hits
 from .perturb import SharedPerturbation
 from .request import evaluating, resolve_target
@@ -123,7 +124,7 @@ def scorecard(
     names = resolve_methods(model, images, methods, baselines)
     n = images.shape[0]
     with evaluating(model):
-        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)  # faster perturbation passes
+        fast = to_memory_format(copy.deepcopy(model), torch.channels_last)  # faster perturbation passes
         copies = (
             {scope: reinitialised(model, images, scope=scope, seed=seed) for scope in SCOPES}
             if sanity

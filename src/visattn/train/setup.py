@@ -17,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from ..memory_format import to_memory_format
 from . import distributed as D
 from .config import TrainConfig
 from .schedule import warmup_cosine, warmup_step
@@ -107,7 +108,7 @@ def prepare_model(
         if device.type != "cuda":
             raise TrainingError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernels")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device, memory_format=memory_format(cfg))
+    model = to_memory_format(model, memory_format(cfg), device)
     ddp = None
     if place.active:
         ids = [device.index] if device.type == "cuda" else None
