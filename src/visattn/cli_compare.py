@@ -30,7 +30,7 @@ def compare_command(
         typer.Option(help="epochs (every member the same epochs) or equal-time (the slowest one's time)."),
     ] = "epochs",
     preset: Annotated[
-        str | None, typer.Option(help="short: 3 epochs and a 100-image quick scorecard, for a quick ranking.")
+        str | None, typer.Option(help="short: 2 epochs and a 100-image quick scorecard, for a quick ranking.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config shared by every member.")] = None,
     output: Annotated[Path, typer.Option(help="The comparison folder.")] = Path("runs/compare"),

@@ -39,7 +39,7 @@ REPRESENTATIVE = ("none", "se", "eca", "gc", "cbam", "coord", "simam", "triplet"
 #: Settings of the members that the comparison decides, not the shared recipe.
 PER_MEMBER = ("attention", "seed", "output", "epochs")
 #: What ``--preset short`` sets: a run of a few seconds that still ranks the mechanisms.
-PRESETS: dict[str, dict[str, Any]] = {"short": {"epochs": 3, "scorecard_images": 100}}
+PRESETS: dict[str, dict[str, Any]] = {"short": {"epochs": 2, "scorecard_images": 100}}
 
 
 class CompareError(ValueError):
