@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from _report import machine
-
 from visattn.bench import matmul_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +48,8 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['attention']} | {cell(r['test_accuracy'], r['test_accuracy_std'])} | {versus(r['vs_none'])} "
+            f"| {r['attention']} | {cell(r['test_accuracy'], r['test_accuracy_std'])} "
+            f"| {versus(r['vs_none'])} "
             f"| {cell(r['pointing_game'], r['pointing_game_std'])} "
             f"| {cell(r['faithfulness'], r['faithfulness_std'], 1.0, 3)} | {r['parameters']:,} "
             f"| {r['flops'] / 1e6:.1f} | {cell(r['train_images_per_s'], None, 1.0, 0)} "
@@ -83,7 +83,7 @@ figures, quick scorecards, report pages and measurements).
 
 Mean ± standard deviation over the seeds. *vs none*: the paired-by-seed 95 % interval of the
 accuracy difference from the network without attention, in points, **bold** where it excludes 0
-({', '.join(beyond) or 'none of them'}). *Faithfulness*: the attention map's insertion AUC minus
+({", ".join(beyond) or "none of them"}). *Faithfulness*: the attention map's insertion AUC minus
 the input baseline's in the members' quick scorecards ("-" for mechanisms without a spatial map).
 
 {table(rows)}

@@ -95,6 +95,14 @@ class ImageScan:
                                             high_open=False)  # fmt: skip
         self.bad = BadFiles() if bad is None else bad
         self.total, self.rejected, self.counts = 0, [], Counter()
+        self.items: list[AnnotatedImage] = []
+
+    def take(self, path: Path, item: AnnotatedImage | str) -> None:
+        """Keep ``item``, or reject the image at ``path`` when ``item`` is the problem found."""
+        if isinstance(item, str):
+            self.reject(path, item)
+        else:
+            self.items.append(item)
 
     def reject(self, path: Path, problem: str) -> None:
         """Leave the image at ``path`` out for ``problem``, or stop when none may be left out."""
@@ -126,8 +134,9 @@ class ImageScan:
         except OSError as err:
             return f"unreadable image ({err})", (0, 0)
 
-    def finish(self) -> None:
-        """Refuse the read when more than the allowed share of its images is bad."""
+    def finish(self) -> list[AnnotatedImage]:
+        """Refuse the read when more than the allowed share of its images is bad; otherwise
+        count the kept images and boxes and return the kept items."""
         n = len(self.rejected)
         if self.total and n / self.total > self.max_bad_fraction:
             raise AnnotationError(
@@ -136,6 +145,9 @@ class ImageScan:
                 "set max_bad_fraction to accept more"
             )
         self.counts["bad_images"] = n
+        self.counts["images"] = len(self.items)
+        self.counts["boxes"] = sum(len(item.boxes) for item in self.items)
+        return self.items
 
 
 def as_boxes(rows: list[tuple[float, ...]]) -> np.ndarray:

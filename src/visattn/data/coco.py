@@ -116,7 +116,6 @@ def read_coco(
     cat_ids = sorted(coco.cats)
     label_of = {cid: k for k, cid in enumerate(cat_ids)}
     scan = ImageScan(ann_file, max_bad_fraction=max_bad_fraction, bad=bad, check_images=check_images)
-    items = []
     for img_id, img in coco.imgs.items():
         scan.total += 1
         path = folder / str(img["file_name"])
@@ -129,13 +128,8 @@ def read_coco(
         item = problem or _image(
             coco.imgToAnns[img_id], path, img_id, width, height, label_of, ann_file, scan
         )
-        if isinstance(item, str):
-            scan.reject(path, item)
-        else:
-            items.append(item)
-    scan.finish()
-    scan.counts["images"] = len(items)
-    scan.counts["boxes"] = sum(len(item.boxes) for item in items)
+        scan.take(path, item)
+    items = scan.finish()
     return AnnotatedImages(
         items, [str(coco.cats[c]["name"]) for c in cat_ids], counts=scan.counts, bad=scan.bad,
         category_ids=cat_ids, source=ann_file, coco=coco,

@@ -99,7 +99,6 @@ def read_voc(
         classes = sorted({obj[0] for p in parsed.values() for obj in p["objects"]})
     label_of = {name: k for k, name in enumerate(classes)}
     scan = ImageScan(root, max_bad_fraction=max_bad_fraction, bad=bad, check_images=check_images)
-    items = []
     for image_id in ids:
         scan.total += 1
         xml = root / "Annotations" / f"{image_id}.xml"
@@ -110,13 +109,8 @@ def read_voc(
         path = root / "JPEGImages" / (info["filename"] or f"{image_id}.jpg")
         problem, (height, width) = scan.image_size(path, info["size"])
         item = problem or _image(info["objects"], path, image_id, width, height, label_of, xml, scan)
-        if isinstance(item, str):
-            scan.reject(path, item)
-        else:
-            items.append(item)
-    scan.finish()
-    scan.counts["images"] = len(items)
-    scan.counts["boxes"] = sum(len(item.boxes) for item in items)
+        scan.take(path, item)
+    items = scan.finish()
     return AnnotatedImages(items, list(classes), counts=scan.counts, bad=scan.bad, source=root)
 
 
