@@ -36,3 +36,17 @@ def test_scorecard_of_a_network_with_a_lambda_layer():
     x = torch.randn(4, 1, 16, 16)
     card = scorecard(model, x, methods=["gradcam"], steps=4)
     assert [s.method for s in card.scores] == ["gradcam", "random", "centre", "input"]
+
+
+def test_strides_equal_module_to_where_it_works():
+    # a one-channel weight: contiguous() would keep the size-1 dimension's old stride
+    for conv in (nn.Conv2d(1, 9, 3), nn.Conv2d(3, 4, 1), nn.Linear(3, 2)):
+        ours = to_memory_format(nn.Sequential(conv), torch.channels_last)[0]
+        theirs = nn.Sequential(type(conv)(*_shape(conv))).to(memory_format=torch.channels_last)[0]
+        assert ours.weight.stride() == theirs.weight.stride()
+
+
+def _shape(module: nn.Module) -> tuple[int, ...]:
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.out_channels, module.kernel_size
+    return module.in_features, module.out_features

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-_RANK = {torch.channels_last: 4, torch.channels_last_3d: 5}
+_RANKS = {torch.channels_last: (4,), torch.channels_last_3d: (5,), torch.contiguous_format: (4, 5)}
 
 
 def to_memory_format(
@@ -19,19 +19,24 @@ def to_memory_format(
 ) -> nn.Module:
     """``module`` (changed in place and returned) on ``device`` (unchanged when ``None``), with
     every parameter and buffer of the format's rank in ``memory_format`` (4-D for
-    ``channels_last``, 5-D for ``channels_last_3d``; for ``contiguous_format`` every tensor).
+    ``channels_last``, 5-D for ``channels_last_3d``, both for ``contiguous_format``).
 
     Example:
         >>> m = to_memory_format(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv3d(1, 2, 1)), torch.channels_last)
         >>> m[0].weight.is_contiguous(memory_format=torch.channels_last), m[1].weight.is_contiguous()
         (True, True)
     """
-    rank = _RANK.get(memory_format)
+    ranks = _RANKS.get(memory_format, (4, 5))
 
     def convert(t: Tensor) -> Tensor:
-        t = t if device is None else t.to(device)
-        if rank is None or t.dim() == rank:
-            return t.contiguous(memory_format=memory_format)
-        return t
+        # ``Tensor.to``, as ``Module.to`` does: it gives the exact strides of the format, where
+        # ``contiguous`` would keep a size-1 dimension's old stride (a one-channel conv weight)
+        if t.dim() in ranks:
+            return (
+                t.to(device, memory_format=memory_format)
+                if device is not None
+                else t.to(memory_format=memory_format)
+            )
+        return t if device is None else t.to(device)
 
     return module._apply(convert)
