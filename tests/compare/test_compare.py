@@ -106,3 +106,31 @@ def test_command_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "cannot write the comparison folder" in result.output
     result = runner.invoke(app, ["compare", "--preset", "long", "--output", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--preset must be one of: short" in result.output
+
+
+@pytest.mark.slow
+def test_equal_time_gives_the_faster_network_more_epochs_and_keeps_the_budget(tmp_path, monkeypatch):
+    seconds = {"none": 0.01, "mhsa": 0.03, "se": 0.015}  # a step of each, as the probe would time it
+    monkeypatch.setattr(run, "_step_seconds", lambda base, task, attention, batch: seconds[attention])
+    rows = compare(_base(), "none,mhsa", [0], tmp_path, budget="equal-time")
+    plan = json.loads((tmp_path / "comparison.json").read_text())
+    assert plan["member_epochs"] == {"none": 3, "mhsa": 1} and plan["slowest_step_seconds"] == 0.03
+    assert {r["attention"]: r["seeds"] for r in rows} == {"none": [0], "mhsa": [0]}
+    (none_run,) = (tmp_path / "members" / "none-seed0").iterdir()
+    assert json.loads((none_run / "member.json").read_text())["epochs"] == 3
+    compare(_base(), "se", [0], tmp_path, budget="equal-time")  # added later: the first budget holds
+    plan = json.loads((tmp_path / "comparison.json").read_text())
+    assert plan["member_epochs"]["se"] == 2 and plan["slowest_step_seconds"] == 0.03
+    with pytest.raises(CompareError, match="another budget"):
+        compare(_base(), "se", [0], tmp_path)
+
+
+def test_the_step_probe_times_a_real_training_step():
+    from visattn.data import load_dataset
+    from visattn.tasks import Classification
+
+    base = _base()
+    bundle = load_dataset("mnist-sample")
+    batch = bundle.train.__getitems__(list(range(16)))
+    seconds = run._step_seconds(base, Classification(bundle), "mhsa", batch, steps=2)
+    assert 0 < seconds < 5
