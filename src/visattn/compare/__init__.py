@@ -2,7 +2,8 @@
 several seeds each, and a leaderboard that says which differences exceed the seed noise."""
 
 from .leaderboard import leaderboard, versus_reference, write_leaderboard
-from .run import PRESETS, REPRESENTATIVE, CompareError, Member, compare, parse_attentions, write_comparison
+from .members import Member
+from .run import PRESETS, REPRESENTATIVE, CompareError, compare, parse_attentions, write_comparison
 
 __all__ = [
     "PRESETS",

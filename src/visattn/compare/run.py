@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ import torch
 from .._io import atomic_write_text
 from ..attention import ATTENTION
 from ..data import load_dataset
-from ..flops import count_flops
 from ..tasks import TASKS
-from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.loop import train
 from .leaderboard import REFERENCE, leaderboard, write_leaderboard
+from .members import Member, finished_member, measure_member, member_runs
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +42,6 @@ PRESETS: dict[str, dict[str, Any]] = {"short": {"epochs": 2, "scorecard_images":
 
 class CompareError(ValueError):
     """A comparison that cannot go on; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Member:
-    attention: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.attention}-seed{self.seed}"
 
 
 def parse_attentions(spec: str, fits: Callable[[str], bool]) -> list[str]:
@@ -82,54 +70,6 @@ def _member_config(base: TrainConfig, member: Member, epochs: int, folder: Path)
     values = base.model_dump()
     values.update(attention=member.attention, seed=member.seed, epochs=epochs, output=folder / member.name)
     return TrainConfig.model_validate(values)
-
-
-def _runs(member_dir: Path) -> list[Path]:
-    return (
-        sorted(p for p in member_dir.glob("*") if (p / "config.yaml").is_file())
-        if member_dir.is_dir()
-        else []
-    )
-
-
-def finished_member(member_dir: Path) -> Path | None:
-    """The run folder of a finished member (one with ``member.json``), if any."""
-    done = [p for p in _runs(member_dir) if (p / "member.json").is_file()]
-    return done[-1] if done else None
-
-
-def _inference_rate(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
-    """Test images per second in evaluation mode, best of ``repeats`` after a warm-up pass."""
-    model.eval()
-    best = float("inf")
-    with torch.inference_mode():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - start)
-    return round(x.shape[0] / best, 1)
-
-
-def measure_member(run_dir: Path, member: Member, test: Any) -> dict[str, Any]:
-    """The member's record: its summary's results and its cost, measured once, kept in ``member.json``."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    model, _ = load_model(run_dir / "best.safetensors")
-    x = test.__getitems__(list(range(min(250, len(test)))))[0]
-    quick = (summary.get("scorecard") or {}).get("methods", {})
-    faithful = None
-    if "attention" in quick and "input" in quick:  # the attention map's insertion over the input's
-        faithful = round(quick["attention"]["insertion_auc"] - quick["input"]["insertion_auc"], 6)
-    record = {
-        "attention": member.attention, "seed": member.seed, "run_dir": run_dir.name,
-        "test_accuracy": summary["test_accuracy"], "pointing_game": summary.get("pointing_game"),
-        "faithfulness": faithful, "train_images_per_s": summary.get("train_images_per_s"),
-        "infer_images_per_s": _inference_rate(model, x), "wall_seconds": summary.get("wall_seconds"),
-        "parameters": summary["parameters"], "flops": count_flops(model.eval(), x[:1]),
-        "epochs": summary["epochs"],
-    }  # fmt: skip
-    atomic_write_text(run_dir / "member.json", json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def _options(base: TrainConfig, attention: str) -> dict[str, Any]:
@@ -250,7 +190,7 @@ def compare(
             continue
         epochs = plan["member_epochs"].get(member.attention, base.epochs)
         cfg = _member_config(base, member, epochs, folder / "members")
-        partial = [p for p in _runs(member_dir) if (p / "last.safetensors").is_file()]
+        partial = [p for p in member_runs(member_dir) if (p / "last.safetensors").is_file()]
         say(f"[{i}/{len(members)}] {member.name}: {epochs} epochs" + (" (resumed)" if partial else ""))
         summary = train(cfg, resume=partial[-1] if partial else None)
         if "stopped" in summary:
