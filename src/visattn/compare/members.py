@@ -4,7 +4,6 @@ measured once it finished (``member.json``: its results from ``summary.json`` an
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,11 @@ def finished_member(member_dir: Path) -> Path | None:
 
 def _inference_rate(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
     """Test images per second in evaluation mode, best of ``repeats`` after a warm-up pass."""
+    from ..bench.measures import measure
+
     model.eval()
-    best = float("inf")
     with torch.inference_mode():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - start)
+        best = measure(lambda: model(x), warmup=1, repeats=repeats).minimum
     return round(x.shape[0] / best, 1)
 
 

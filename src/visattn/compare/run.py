@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,19 +91,19 @@ def _fits(base: TrainConfig, task: Any, sample: torch.Tensor) -> Callable[[str],
 
 def _step_seconds(base: TrainConfig, task: Any, attention: str, batch: Any, steps: int = 6) -> float:
     """Median seconds of a training step of ``attention``'s network on one batch."""
+    from ..bench.measures import measure  # the bench package is only needed here
+
     torch.manual_seed(0)
     model = task.build_model(base.model, _options(base, attention)).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    times = []
-    for _ in range(steps + 2):
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = task.training_loss(model, batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - start)
-    times = sorted(times[2:])
-    return times[len(times) // 2]
+
+    return measure(step, warmup=2, repeats=steps).median
 
 
 def _load_plan(folder: Path, base: TrainConfig, budget: str) -> dict[str, Any]:
