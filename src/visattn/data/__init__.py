@@ -18,7 +18,7 @@ import torch
 from .._checks import check_choice, check_float, check_int
 from ..registry import Registry
 from .cluttered import make_cluttered
-from .datasets import TEST_STREAM, ClutteredTrainSet, DataBundle, ImageTensorDataset, channel_stats
+from .datasets import TEST_STREAM, ClutteredTrainSet, DataBundle, ImageTensorDataset, Stats, channel_stats
 from .folder import BadFiles, ImageFolderDataset, scan_folder
 from .formats import read_cifar_folder, read_mnist_folder
 from .image_size import resolve_image_size
@@ -37,6 +37,7 @@ __all__ = [
     "DataOptions",
     "DataUnavailableError",
     "ImageTensorDataset",
+    "cluttered_test_split",
     "load_dataset",
 ]
 
@@ -130,14 +131,22 @@ def cluttered_mnist(opts: DataOptions) -> DataBundle:
     if opts.augment not in (None, "none"):
         raise ValueError("cluttered-mnist draws fresh canvases every epoch; augment must be 'none'")
     images, labels = load_mnist_sample(opts.data_dir)
-    tr, te = split_indices(labels)
+    tr, _ = split_indices(labels)
     train = ClutteredTrainSet(images[tr], labels[tr], copies=2, seed=opts.seed)
-    made = make_cluttered(images[te], labels[te], seed=TEST_STREAM)  # fixed: not the run seed
-    test = ImageTensorDataset(
-        torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels),
-        stats=train.stats, boxes=torch.from_numpy(made.boxes),
-    )  # fmt: skip
+    test = cluttered_test_split(images, labels, stats=train.stats)
     return DataBundle.in_memory("cluttered-mnist", train, test, DIGITS)
+
+
+def cluttered_test_split(images: np.ndarray, labels: np.ndarray, *, stats: Stats) -> ImageTensorDataset:
+    """Cluttered MNIST's test canvases, with each digit's box, from the embedded sample's
+    ``images`` and ``labels`` (all of them; the test digits are picked here), normalised with
+    ``stats``. They are fixed (not the run's seed), so a report can rebuild them alone."""
+    te = split_indices(labels)[1]
+    made = make_cluttered(images[te], labels[te], seed=TEST_STREAM)
+    return ImageTensorDataset(
+        torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels),
+        stats=stats, boxes=torch.from_numpy(made.boxes),
+    )  # fmt: skip
 
 
 def _idx_builder(name: str, classes: list[str]):

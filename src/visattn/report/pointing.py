@@ -134,26 +134,18 @@ def _spread(items: list[int], n: int) -> list[int]:
 
 def _test_split(meta: dict[str, Any], config: dict[str, Any]) -> Any:
     """The test split the run was scored on."""
-    from ..data import DataUnavailableError, ImageTensorDataset, load_dataset
+    from ..data import DataUnavailableError, load_dataset
 
     name = meta.get("dataset") or config.get("dataset")
     if name is None:
         raise Absent("the checkpoint names no data set to draw test images from")
-    if name == "cluttered-mnist":
-        import torch
-
-        from ..data.cluttered import make_cluttered
-        from ..data.datasets import TEST_STREAM
-        from ..data.mnist_sample import load_mnist_sample, split_indices
+    if name == "cluttered-mnist":  # its test canvases alone, without the training set's
+        from ..data import cluttered_test_split
+        from ..data.mnist_sample import load_mnist_sample
 
         folder = config.get("data_dir")
         images, labels = load_mnist_sample(None if folder is None else Path(folder))
-        test = split_indices(labels)[1]
-        made = make_cluttered(images[test], labels[test], seed=TEST_STREAM)  # as cluttered_mnist does
-        return ImageTensorDataset(
-            torch.from_numpy(made.images[:, None]), torch.from_numpy(made.labels),
-            stats=(tuple(meta["mean"]), tuple(meta["std"])), boxes=torch.from_numpy(made.boxes),
-        )  # fmt: skip
+        return cluttered_test_split(images, labels, stats=(tuple(meta["mean"]), tuple(meta["std"])))
     options = {k: config[k] for k in ("data_dir", "val_fraction", "max_bad_fraction", "seed") if k in config}
     if config.get("img_size") is not None:
         options["image_size"] = config["img_size"]
