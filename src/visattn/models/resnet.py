@@ -56,18 +56,20 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, *, stride: int, attention: AttentionFactory) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, *, stride: int, attention: AttentionFactory, position: str = "end"
+    ) -> None:
         super().__init__()
         self.conv1 = _conv(inplanes, planes, 3, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv(planes, planes, 3)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.attn = attention(planes)
+        self.attn, self.attn_inner = _slots(attention, position, inner=planes, end=planes)
         self.downsample = _shortcut(inplanes, planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.attn_inner(self.relu(self.bn1(self.conv1(x))))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(end_branch(self.attn, self.bn2(self.conv2(out)), shortcut))
 
@@ -88,6 +90,7 @@ class Bottleneck(nn.Module):
         *,
         stride: int,
         attention: AttentionFactory,
+        position: str = "end",
         groups: int = 1,
         width_per_group: int = 64,
     ) -> None:
@@ -101,14 +104,33 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv(width, out, 1)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        self.attn = attention(out)
+        self.attn, self.attn_inner = _slots(attention, position, inner=width, end=out)
         self.downsample = _shortcut(inplanes, out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.attn_inner(self.relu(self.bn2(self.conv2(out))))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(end_branch(self.attn, self.bn3(self.conv3(out)), shortcut))
+
+
+POSITIONS = ("end", "inner")
+
+
+def _slots(
+    attention: AttentionFactory, position: str, *, inner: int, end: int
+) -> tuple[nn.Module, nn.Module]:
+    """``(attn, attn_inner)`` of a block: the attention at the end of the residual branch
+    (``"end"``: after the last conv-BN, before the addition; mmdetection's ``after_conv3`` of
+    a Bottleneck, where SE, CBAM and GC sit) or after the ReLU of the block's strided 3x3
+    convolution (``"inner"``: mmdetection's ``after_conv2`` of a Bottleneck, where its
+    non-local and generalized-attention plugins sit; a BasicBlock's first convolution). The
+    other slot is an identity."""
+    if position not in POSITIONS:
+        raise ValueError(f"attention_position must be one of {', '.join(POSITIONS)}, got {position!r}")
+    if position == "end":
+        return attention(end), nn.Identity()
+    return nn.Identity(), attention(inner)
 
 
 def _shortcut(inplanes: int, out: int, stride: int) -> nn.Sequential | None:
@@ -137,6 +159,10 @@ class ResNet(nn.Module):
         width_per_group: channels per group of the 3x3 convolutions at the first stage.
         zero_init_last: start every residual branch at zero (last BN weight 0), as in Goyal
             et al. 2017; torchvision's ``zero_init_residual``.
+        attention_stages: which of the four stages get attention (all by default); mmdetection's
+            GC configurations use ``(False, True, True, True)``.
+        attention_position: ``"end"`` (the end of the residual branch) or ``"inner"`` (after
+            the block's strided 3x3 convolution); see ``_slots``.
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for any H, W >= 1;
     ``forward_features`` gives ``(B, 512 * expansion, ceil(H / 32), ceil(W / 32))``.
@@ -160,6 +186,8 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         zero_init_last: bool = False,
+        attention_stages: Sequence[bool] = (True, True, True, True),
+        attention_position: str = "end",
     ) -> None:
         super().__init__()
         self.name = name
@@ -174,8 +202,11 @@ class ResNet(nn.Module):
                 f"groups and width_per_group must be 1 and 64 with BasicBlock, got {groups}, "
                 f"{width_per_group}"
             )
+        if len(attention_stages) != 4 or not all(isinstance(b, bool) for b in attention_stages):
+            raise ValueError(f"attention_stages must be 4 booleans, got {list(attention_stages)}")
         make_attention = identity_if_none(attention_factory(attention, attention_options, model=name))
         extra = {} if block is BasicBlock else {"groups": groups, "width_per_group": width_per_group}
+        extra["position"] = attention_position
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -185,7 +216,8 @@ class ResNet(nn.Module):
             stage = []
             for j in range(check_int(f"layers[{i}]", depth)):
                 stride = 2 if i > 0 and j == 0 else 1
-                stage.append(block(inplanes, planes, stride=stride, attention=make_attention, **extra))
+                make = make_attention if attention_stages[i] else identity_if_none(None)
+                stage.append(block(inplanes, planes, stride=stride, attention=make, **extra))
                 inplanes = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_features = inplanes
@@ -195,7 +227,7 @@ class ResNet(nn.Module):
     def _init_weights(self, zero_init_last: bool) -> None:
         # torchvision's initialisation, applied only to the network's own layers so that
         # each attention module keeps the initialisation its paper prescribes.
-        attention = {id(m) for b in self.blocks() for m in b.attn.modules()}
+        attention = {id(m) for b in self.blocks() for slot in (b.attn, b.attn_inner) for m in slot.modules()}
         for m in self.modules():
             if id(m) in attention:
                 continue
