@@ -65,5 +65,6 @@ class Registry:
 
 ATTENTION = Registry("attention")
 MODELS = Registry("model")
+DETECTORS = Registry("detector")
 EXPLAINERS = Registry("explanation method")
 TASKS = Registry("task")

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import MODELS
+from ..registry import MODELS, Registry
 from . import botnet, swin, vit  # noqa: F401  (importing registers their models)
 from .attention_cnn import AttentionCNN
 from .factory import attention_factory
@@ -53,11 +53,11 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **options)
 
 
-def default_attention(name: str) -> str:
+def default_attention(name: str, *, registry: Registry = MODELS) -> str:
     """The attention a registered model uses when none is asked for: a mechanism name,
     ``"none"``, or ``"built in"`` for models whose builder takes no ``attention`` option."""
     try:
-        default = inspect.signature(MODELS.get(name)).parameters["attention"].default
+        default = inspect.signature(registry.get(name)).parameters["attention"].default
     except (KeyError, TypeError, ValueError):
         return "built in"
     if default is None:
@@ -65,16 +65,17 @@ def default_attention(name: str) -> str:
     return default if isinstance(default, str) else "built in"
 
 
-def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def resolved_options(name: str, options: dict[str, Any], *, registry: Registry = MODELS) -> dict[str, Any]:
     """``options`` plus every other option of the model's builder at its current default,
     where the default is plain data (numbers, strings, None, tuples): what a checkpoint
     stores, so that a later change of a default cannot rebuild a different network from it.
+    ``registry`` holds the builder (``MODELS``; detectors: ``DETECTORS``).
 
     Example:
         >>> resolved_options("attention_cnn", {"attention": "cbam"})["strides"]
         (2, 2, 2)
     """
-    params = inspect.signature(MODELS.get(name)).parameters
+    params = inspect.signature(registry.get(name)).parameters
     resolved = dict(options)
     for key, param in params.items():
         if (
