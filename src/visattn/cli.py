@@ -29,12 +29,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from . import cli_detection
 from .attention import ATTENTION
 from .catalog import catalog, catalog_markdown, model_cost, models_markdown
 from .cli_compare import compare_command
 from .cli_options import schema_parameters, with_parameters
 from .cli_report import report_command
-from .data import DataUnavailableError, ImageTensorDataset, load_dataset
+from .data import DataUnavailableError, ImageTensorDataset
 from .data.images import ImageError, load_image
 from .explain import save_confusion_matrix, save_model_attention
 from .explain.scorecard import scorecard as score_methods
@@ -43,7 +44,7 @@ from .explain.scorecard_figures import save_method_maps
 from .explain.scorecard_files import records, write_scorecard
 from .explain.scorecard_methods import DEFAULT_METHODS, method_maps
 from .export import ExportError, export_checkpoint, load_onnx_predictor
-from .registry import MODELS
+from .registry import MODELS, TASKS
 from .train import (
     CheckpointError,
     ConfigError,
@@ -237,6 +238,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("model", f"{s['model']} (attention {s['attention']}), {s['parameters']:,} parameters"),
         ("data", f"{s['dataset']}{bad}"),
     ]
+    if cli_detection.is_detection(s):
+        rows += cli_detection.summary_rows(s)
     if "test_accuracy" in s:  # classification
         top5 = "" if s["test_top5"] is None else f", top-5 {s['test_top5']:.2%}"
         best = f"best {s['best_test_accuracy']:.2%} at epoch {s['best_epoch']}"
@@ -266,7 +269,7 @@ def _compatible_data(meta: dict[str, Any], dataset: str | None, data_dir: Path |
     name = dataset or meta.get("dataset")
     if name is None:
         raise ValueError("the checkpoint names no data set; pass --dataset")
-    bundle = load_dataset(name, data_dir=data_dir)
+    bundle = TASKS.get(meta.get("task", "classification")).load_data(name, data_dir=data_dir)
     if bundle.in_channels != meta["in_channels"] or len(bundle.classes) != meta["num_classes"]:
         raise ValueError(
             f"data set {name} has {bundle.in_channels} channels and {len(bundle.classes)} classes, "
@@ -293,6 +296,13 @@ def evaluate_command(
         dev = resolve_device(device)
         model, meta = load_model(checkpoint, device=dev)
         bundle, name = _compatible_data(meta, dataset, data_dir)
+        if cli_detection.is_detection(meta):
+            if confusion is not None:
+                raise ValueError("--confusion is for classification checkpoints; this one is a detector")
+            title = f"{escape(str(checkpoint))} on {name} (test)"
+            table = cli_detection.evaluate_table(model, bundle.test, meta["classes"], device=dev, title=title)
+            console.print(table)
+            return
         result = evaluate(
             model, bundle.test, num_classes=meta["num_classes"], device=dev, batch_size=batch_size
         )
@@ -326,14 +336,37 @@ def predict_command(
     resize: Annotated[bool, typer.Option(help="Resize images to the training size.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    min_score: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Detectors: the lowest score of a box reported.")
+    ] = 0.5,
+    draw: Annotated[
+        Path | None, typer.Option(help="Detectors: draw the boxes on each image into this folder.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Detectors: replace drawings that exist.")] = False,
 ) -> None:
-    """Top-k classes with probabilities for each image."""
+    """Top-k classes with probabilities for each image; for a detector, its boxes, labels and
+    scores as JSON (and drawn on the images with --draw)."""
     with user_errors():
-        if checkpoint.suffix.lower() == ".onnx":
-            forward, meta = load_onnx_predictor(checkpoint)
-        else:
+        if checkpoint.suffix.lower() != ".onnx":
             dev = resolve_device(device)
             model, meta = load_model(checkpoint, device=dev)
+            if cli_detection.is_detection(meta):
+                records, drawn = cli_detection.predict(
+                    model, images, meta, device=dev, convert=convert, min_score=min_score, draw=draw,
+                    force=force,
+                )  # fmt: skip
+                console.print_json(data=records)
+                for path in drawn:
+                    err_console.print(f"wrote [cyan]{escape(str(path))}[/cyan]")
+                return
+        if checkpoint.suffix.lower() == ".onnx":
+            forward, meta = load_onnx_predictor(checkpoint)
+            if cli_detection.is_detection(meta):
+                raise ValueError(
+                    f"{checkpoint} is a detector's ONNX file (run it in onnxruntime: outputs boxes, labels, "
+                    "scores); visattn predict takes the detector's checkpoint or run folder"
+                )
+        else:
             forward = lambda x: model(x.to(dev)).cpu()  # noqa: E731
         batch = [_model_input(p, meta, convert=convert, resize=resize) for p in images]
         with torch.no_grad():

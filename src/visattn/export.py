@@ -135,6 +135,15 @@ def export_checkpoint(
     if path.suffix != FORMATS[fmt]:
         raise ValueError(f"an {fmt} file should end in {FORMATS[fmt]}, got {path.name}")
     model, meta = load_model(checkpoint)
+    if meta.get("task") == "detection":
+        if fmt != "onnx":
+            raise ExportError(
+                "a detector exports only as onnx: torch.export stops at torchvision's batched NMS, whose "
+                "output size depends on the data"
+            )
+        from .export_detection import export_detector  # export_detection imports this module
+
+        return export_detector(model, meta, path, tolerance=tolerance)
     return export_model(model, meta, path, fmt=fmt, tolerance=tolerance)
 
 

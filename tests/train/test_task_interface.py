@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.data import load_dataset
+from visattn.data import DATASETS, load_dataset
 from visattn.models import create_model
-from visattn.registry import TASKS
+from visattn.registry import MODELS, TASKS
 from visattn.tasks import StepOutput, Task, as_memory_format
 from visattn.train.config import resolve_config
+from visattn.train import load_model
 from visattn.train.loop import train
 
 
@@ -43,15 +44,28 @@ def brightness(images: torch.Tensor) -> torch.Tensor:
 class Brightness(Task):
     """Regress each image's mean intensity; targets travel as a list of dicts, as boxes do."""
 
+    name = "brightness"
     score = "mse"
     train_metrics = ("loss",)
     eval_columns = ("test_mse",)
+    models, datasets = MODELS, DATASETS
+    config_defaults = {"model": "attention_cnn", "dataset": "mnist-sample"}
+
+    @classmethod
+    def load_data(cls, name: str, **options: Any) -> Any:
+        return load_dataset(name, **options)
+
+    @classmethod
+    def rebuild(cls, meta: dict[str, Any]) -> nn.Module:
+        return create_model(
+            meta["model"], num_classes=1, in_channels=meta["in_channels"], **meta["model_kwargs"]
+        )
 
     def build_model(self, name: str, options: dict[str, Any]) -> nn.Module:
         return create_model(name, num_classes=1, in_channels=self.bundle.in_channels, **options)
 
     def describe(self) -> dict[str, Any]:
-        return {"num_classes": 1, "in_channels": self.bundle.in_channels, "classes": ["brightness"],
+        return {"task": self.name, "num_classes": 1, "in_channels": self.bundle.in_channels, "classes": ["brightness"],
                 "dataset": self.bundle.name, "input_size": list(self.bundle.input_size),
                 "mean": list(self.bundle.stats[0]), "std": list(self.bundle.stats[1])}  # fmt: skip
 
@@ -92,7 +106,7 @@ class Brightness(Task):
 def test_a_new_task_trains_through_the_unchanged_loop(tmp_path, monkeypatch):
     monkeypatch.setitem(TASKS._entries, "brightness", Brightness)
     cfg = resolve_config(
-        None, task="brightness", dataset="mnist-sample", epochs=2, batch_size=100, lr=0.005,
+        None, task="brightness", epochs=2, batch_size=100, lr=0.005,
         model_options={"widths": [8, 16], "strides": [2, 2]}, attention_options={"heads": 2},
         output=tmp_path / "runs",
     )  # fmt: skip
@@ -110,3 +124,8 @@ def test_a_new_task_trains_through_the_unchanged_loop(tmp_path, monkeypatch):
     assert abs(summary["best_test_mse"] + min(per_epoch)) < 1e-6
     assert json.loads((run / "summary.json").read_text())["task"] == "brightness"
     assert not (run / "confusion.png").exists()
+    assert cfg.dataset == "mnist-sample"  # the task's own default
+    rebuilt, meta = load_model(run)  # through the task's rebuild
+    assert meta["task"] == "brightness" and isinstance(
+        rebuilt, type(create_model("attention_cnn", num_classes=1))
+    )

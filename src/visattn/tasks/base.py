@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..registry import Registry
 
 
 @dataclass
@@ -70,9 +71,15 @@ class Task(ABC):
         eval_columns: evaluation columns of ``metrics.csv``, after the training ones.
     """
 
+    name: str
     score: str
     train_metrics: tuple[str, ...]
     eval_columns: tuple[str, ...]
+    #: the registries of the models it trains and of its data sets
+    models: Registry
+    datasets: Registry
+    #: run settings whose default is the task's (``model`` and ``dataset`` at least)
+    config_defaults: dict[str, Any]
 
     def __init__(self, bundle: DataBundle) -> None:
         self.bundle = bundle
@@ -81,6 +88,26 @@ class Task(ABC):
     def from_config(cls, bundle: DataBundle, config: Any) -> Task:
         """The task for ``bundle`` with its settings taken from ``config`` (a ``TrainConfig``)."""
         return cls(bundle)
+
+    @classmethod
+    @abstractmethod
+    def load_data(cls, name: str, **options: Any) -> DataBundle:
+        """The data set ``name`` of ``datasets`` (options: ``visattn.data.DataOptions``)."""
+
+    @classmethod
+    @abstractmethod
+    def rebuild(cls, meta: dict[str, Any]) -> nn.Module:
+        """The model a checkpoint describes (``meta``: ``describe()`` plus ``model`` and
+        ``model_kwargs``), with fresh weights."""
+
+    def model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The options model ``name`` is built with: ``options`` plus what the task reads off the
+        data (they are stored in checkpoints, so the model is rebuilt without the data)."""
+        return dict(options)
+
+    def epoch_warnings(self, train: dict[str, float], evaluation: Evaluation) -> list[str]:
+        """Problems seen after an epoch (training means, evaluation) that the log must show."""
+        return []
 
     @abstractmethod
     def build_model(self, name: str, options: dict[str, Any]) -> nn.Module:

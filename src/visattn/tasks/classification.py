@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DataBundle
+from ..data import DATASETS, DataBundle, load_dataset
 from ..explain import (
     has_spatial_attention,
     quick_scorecard,
@@ -27,7 +27,7 @@ from ..explain import (
     write_scorecard,
 )
 from ..models import create_model
-from ..registry import TASKS
+from ..registry import MODELS, TASKS
 from .base import StepOutput, Task, as_memory_format
 from .evaluate import EvalResult, evaluate
 
@@ -50,8 +50,11 @@ class Classification(Task):
         10
     """
 
+    name = "classification"
     score = "accuracy"
     train_metrics = ("loss", "accuracy")
+    models, datasets = MODELS, DATASETS
+    config_defaults = {"model": "attention_cnn", "dataset": "cluttered-mnist"}
     eval_columns = ("test_loss", "test_accuracy", "test_top5", "pointing_game")
 
     def __init__(self, bundle: DataBundle, *, smoothing: float = 0.0, scorecard_images: int = 200) -> None:
@@ -66,6 +69,15 @@ class Classification(Task):
     def from_config(cls, bundle: DataBundle, config: Any) -> Classification:
         return cls(bundle, smoothing=config.smoothing, scorecard_images=config.scorecard_images)
 
+    @classmethod
+    def load_data(cls, name: str, **options: Any) -> DataBundle:
+        return load_dataset(name, **options)
+
+    @classmethod
+    def rebuild(cls, meta: dict[str, Any]) -> nn.Module:
+        return create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                            **meta.get("model_kwargs", {}))  # fmt: skip
+
     def build_model(self, name: str, options: dict[str, Any]) -> nn.Module:
         b = self.bundle
         return create_model(name, num_classes=len(b.classes), in_channels=b.in_channels, **options)
@@ -73,9 +85,9 @@ class Classification(Task):
     def describe(self) -> dict[str, Any]:
         b = self.bundle
         return {
-            "num_classes": len(b.classes), "in_channels": b.in_channels, "classes": b.classes,
-            "dataset": b.name, "input_size": list(b.input_size), "mean": list(b.stats[0]),
-            "std": list(b.stats[1]),
+            "task": self.name, "num_classes": len(b.classes), "in_channels": b.in_channels,
+            "classes": b.classes, "dataset": b.name, "input_size": list(b.input_size),
+            "mean": list(b.stats[0]), "std": list(b.stats[1]),
         }  # fmt: skip
 
     def collate(self, batch: Any) -> Any:

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_write
-from ..models import create_model
 from ..models.weights import mismatch_report
+from ..tasks import TASKS
 
 FORMAT = "visattn.checkpoint"
 VERSION = 1
@@ -124,12 +124,7 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[nn.Mo
     """
     state, meta = read_checkpoint(path)
     try:
-        model = create_model(
-            meta["model"],
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            **meta.get("model_kwargs", {}),
-        )
+        model = TASKS.get(meta.get("task", "classification")).rebuild(meta)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes a model this version cannot build: {err}") from None
     check_state_dict(model, state, source=str(path), model_name=meta["model"])

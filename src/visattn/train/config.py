@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..attention import ATTENTION
 from ..data import DATASETS
+from ..data.detection_sets import DETECTION_DATASETS
 from ..registry import MODELS, TASKS
 from ..tasks import TASKS as _TASKS  # noqa: F401 - registers the tasks
 
@@ -31,7 +40,9 @@ class TrainConfig(BaseModel):
 
     # what to train
     task: str = Field("classification", description="What is learned (see visattn.tasks)")
-    model: str = Field("attention_cnn", description="Model name (see `visattn models`)")
+    model: str = Field(
+        None, description="Model name (see `visattn models`); unset: the task's (detection: fcos)"
+    )
     attention: str | None = Field(
         None, description="Attention name (see `visattn attention`), 'none', or unset: the model's own"
     )
@@ -42,7 +53,12 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="Options of the model, a YAML mapping: '{widths: [8, 16]}'"
     )
     # data
-    dataset: str = Field("cluttered-mnist", description=f"Data set: {', '.join(DATASETS.names())}")
+    dataset: str = Field(
+        None,
+        description=f"Data set: {', '.join(DATASETS.names())}; detection: "
+        f"{', '.join(DETECTION_DATASETS.names())}; unset: the task's (cluttered-mnist; detection: "
+        "cluttered-mnist-detection)",
+    )
     data_dir: Path | None = Field(None, description="Folder holding (or caching) the data")
     augment: Literal["none", "basic", "trivial"] | None = Field(
         None, description="Augmentation (basic: crop + flip); unset: the data set's default"
@@ -60,7 +76,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(
         64,
         ge=1,
-        description="Global batch per step, split over the processes",
+        description="Global batch per step, split over the processes (detection: 32)",
         json_schema_extra={"short": "-b"},
     )
     grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step")
@@ -123,10 +139,23 @@ class TrainConfig(BaseModel):
             raise ValueError("is not valid YAML; give a mapping such as '{heads: 2}'") from None
         return {} if parsed is None else parsed
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, values: Any) -> Any:
+        """Unset settings in ``Task.config_defaults`` (model, data set, ...) take the task's value."""
+        if not isinstance(values, dict) or values.get("task", "classification") not in TASKS:
+            return values
+        filled = dict(values)
+        for key, default in TASKS.get(values.get("task", "classification")).config_defaults.items():
+            if filled.get(key) is None:
+                filled[key] = default
+        return filled
+
     @field_validator("model")
     @classmethod
-    def _known_model(cls, v: str) -> str:
-        return _registered(MODELS.names(), v, "model")
+    def _known_model(cls, v: str, info: ValidationInfo) -> str:
+        kind = _task_of(info)
+        return _registered((kind.models if kind else MODELS).names(), v, _what("model", kind))
 
     @field_validator("attention")
     @classmethod
@@ -135,8 +164,9 @@ class TrainConfig(BaseModel):
 
     @field_validator("dataset")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        return _registered(DATASETS.names(), v, "dataset")
+    def _known_dataset(cls, v: str, info: ValidationInfo) -> str:
+        kind = _task_of(info)
+        return _registered((kind.datasets if kind else DATASETS).names(), v, _what("dataset", kind))
 
     @field_validator("data_dir")
     @classmethod
@@ -180,6 +210,15 @@ class TrainConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _task_of(info: ValidationInfo) -> Any:
+    """The task class of the config being validated (``None`` if its name was invalid)."""
+    return TASKS.get(info.data["task"]) if "task" in info.data else None
+
+
+def _what(noun: str, kind: Any) -> str:
+    return noun if kind is None or kind.name == "classification" else f"{kind.name} {noun}"
 
 
 def _registered(names: list[str], value: str, what: str) -> str:

@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from ..data import load_dataset
 from ..models import resolved_options
 from ..report import write_run_report
 from ..tasks import TASKS, Evaluation, Task
@@ -87,12 +86,12 @@ def train(
 
         # Data, task and model, in a fixed order so that the seed alone decides them.
         make_deterministic(cfg)
-        bundle = load_dataset(cfg.dataset, **cfg.data_kwargs())
-        task: Task = TASKS.get(cfg.task).from_config(bundle, cfg)
+        kind = TASKS.get(cfg.task)
+        bundle = kind.load_data(cfg.dataset, **cfg.data_kwargs())
+        task: Task = kind.from_config(bundle, cfg)
         micro = micro_batch(cfg, place.world)
-        model, forward, ddp = prepare_model(
-            task.build_model(cfg.model, cfg.model_kwargs()), cfg, place, device
-        )
+        options = task.model_options(cfg.model, cfg.model_kwargs())
+        model, forward, ddp = prepare_model(task.build_model(cfg.model, options), cfg, place, device)
         ema = WeightEma(model, cfg.model_ema_decay) if cfg.model_ema_decay else None
 
         # Data order; incomplete last batches are dropped: a batch of one would break
@@ -129,8 +128,8 @@ def train(
             )
         record = RunRecord(run_dir, cfg, task, place, completed=state.epoch, new=resume is None)
         # Every option at its value now, defaults included: a later default cannot change it.
-        meta = {"model": cfg.model, "model_kwargs": resolved_options(cfg.model, cfg.model_kwargs()),
-                **task.describe()}  # fmt: skip
+        resolved = resolved_options(cfg.model, options, registry=task.models)
+        meta = {"model": cfg.model, "model_kwargs": resolved, **task.describe()}
 
         def checkpoint(score: float | None = None) -> None:
             full = {**meta, "epoch": state.epoch, f"test_{task.score}": score}
@@ -180,6 +179,8 @@ def train(
             train_means = {name: float(m.compute()) for name, m in state.running.items()}  # over ranks
             for metric in state.running.values():
                 metric.reset()
+            for warning in task.epoch_warnings(train_means, evaluation):
+                log.warning("epoch %d: %s", state.epoch, warning)
             improved = evaluation.score > state.best["score"]
             if improved:
                 state.best = {"score": evaluation.score, "epoch": state.epoch}
