@@ -48,6 +48,7 @@ CHARTS = (  # title, metrics.csv columns, percent
     ("loss", ("train_loss", "test_loss"), False),
     ("accuracy", ("train_accuracy", "test_accuracy", "test_top5"), True),
     ("pointing game", ("pointing_game",), True),
+    ("mAP (detection)", ("test_map", "test_map_50", "test_map_75"), True),
     ("learning rate (end of epoch)", ("lr",), False),
 )
 NOT_CHARTED = {"epoch", "step", "skipped_steps"}
@@ -94,6 +95,8 @@ def _optional_rows(path: Path) -> list[dict[str, str]]:
 def classes_section(run_dir: Path, summary: Any) -> str:
     if summary is None:
         read_json(run_dir / "summary.json")
+    if isinstance(summary, dict) and "per_class_ap" in summary:
+        return _detection_classes(run_dir, summary)
     per_class = summary.get("per_class_accuracy") if isinstance(summary, dict) else None
     confusion = summary.get("confusion") if isinstance(summary, dict) else None
     if not per_class and not confusion:
@@ -122,7 +125,24 @@ def classes_section(run_dir: Path, summary: Any) -> str:
     return table(head, body, cls="confusion num", caption=esc(caption))
 
 
+def _detection_classes(run_dir: Path, summary: dict[str, Any]) -> str:
+    """A detector's AP per class and by object size, and its detections.png."""
+    rows = [[esc(c), fmt(ap, ".3")] for c, ap in summary["per_class_ap"].items()]
+    rows += [[f"<i>{esc(k.replace('map_', 'all '))} objects</i>", fmt(v, ".3")]
+             for k, v in (summary.get("map_by_size") or {}).items()]  # fmt: skip
+    parts = [table(["class", "AP@[.5:.95]"], rows, cls="num", caption="COCO AP per class and by object size")]
+    if (run_dir / "detections.png").is_file():
+        uri = file_uri(run_dir / "detections.png")[0]
+        parts.append(figure(uri, "test detections", "true boxes dashed green, detections scoring >= 0.3 red"))
+    return "".join(parts)
+
+
 def attention_section(run_dir: Path, config: dict[str, Any] | None, summary: Any, test: Any = None) -> str:
+    if isinstance(config, dict) and config.get("task") == "detection":
+        raise Absent(
+            "a detector's maps are per detected box: `visattn explain --checkpoint RUN_DIR` draws Grad-CAM "
+            "on each box's score and the attention the box's positions pay, with a pointing game per box"
+        )
     parts = []
     if (run_dir / "attention.png").is_file():
         uri = file_uri(run_dir / "attention.png")[0]
