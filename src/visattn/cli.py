@@ -434,6 +434,15 @@ def attention_maps_command(
             raise FileNotFoundError(f"folder {output.parent} does not exist")
         dev = resolve_device(device)
         model, meta = load_model(checkpoint, device=dev)
+        if cli_detection.is_detection(meta):
+            if images:
+                raise ValueError("a detector's maps are drawn on test images (--start), not on image files")
+            test = _compatible_data(meta, dataset, data_dir)[0].test
+            _, result = cli_detection.explain_boxes(
+                model, test, [start], meta["classes"], folder=None, min_score=0.5, device=dev, output=output
+            )
+            console.print(f"wrote [cyan]{escape(str(output))}[/cyan] ({cli_detection.pointing_line(result)})")
+            return
         if images:  # the user's files, in their order, without labels
             shown, choose = _files_as_dataset(images, meta), "in-order"
             start, count = 0, len(images)
@@ -502,6 +511,20 @@ def explain_command(
         if target is not None and not 0 <= target < meta["num_classes"]:
             raise ValueError(f"--target must be a class in 0..{meta['num_classes'] - 1}, got {target}")
         test = _compatible_data(meta, dataset, data_dir)[0].test
+        if cli_detection.is_detection(meta):
+            if scorecard or method or target is not None:
+                raise ValueError(
+                    "a detector is explained per box (Grad-CAM on the box score, the attention the box "
+                    "pays); --scorecard, --method and --target are for classifiers"
+                )
+            count = min(images or 6, len(test))
+            picks = sorted({round(k * (len(test) - 1) / max(count - 1, 1)) for k in range(count)})
+            written, result = cli_detection.explain_boxes(
+                model, test, picks, meta["classes"], folder=folder, min_score=0.5, device=dev
+            )
+            console.print(escape(cli_detection.pointing_line(result)), highlight=False)
+            console.print("wrote " + ", ".join(f"[cyan]{escape(str(p))}[/cyan]" for p in written))
+            return
         x, boxes = scorecard_images(test, images or (500 if scorecard else 6))
         x, boxes = x.to(dev), None if boxes is None else boxes.to(dev)
         if scorecard:

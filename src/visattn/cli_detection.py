@@ -149,3 +149,49 @@ def write_json(path: Path, records: list[dict[str, Any]], *, force: bool) -> Non
     if path.exists() and not force:
         raise ValueError(f"{path} exists; choose another --output or pass --force")
     atomic_write_text(path, json.dumps(records, indent=2) + "\n")
+
+
+def explain_boxes(
+    model: nn.Module, test: Any, indices: list[int], classes: list[str], *, folder: Path | None,
+    min_score: float, device: torch.device, output: Path | None = None,
+) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
+    """Grad-CAM and attention per detected box of the test images ``indices``: one figure per
+    image (``boxes-<index>.png`` in ``folder``, or ``output`` for a single image) and the
+    per-box pointing game against the matched true box; returns the files and the records."""
+    from .explain.detection import explain_detections, save_box_explanations
+
+    records, written = [], []
+    for index in indices:
+        image, truth = test[index]
+        explained = explain_detections(model, image.to(device), min_score=min_score, truth=truth)
+        path = output if output is not None else folder / f"boxes-{index}.png"
+        save_box_explanations(path, image, explained, classes)
+        written.append(path)
+        for item in explained:
+            records.append({
+                "image": index, "box": [round(float(v), 2) for v in item["box"]],
+                "label": classes[item["label"]], "score": round(item["score"], 4),
+                "matched": item["truth"] is not None, "pointing_gradcam": item["pointing_gradcam"],
+                "pointing_attention": item["pointing_attention"],
+            })  # fmt: skip
+    rates = {}
+    for key in ("pointing_gradcam", "pointing_attention"):
+        hits = [r[key] for r in records if r[key] is not None]
+        rates[key] = {"hits": sum(hits), "boxes": len(hits), "rate": sum(hits) / len(hits) if hits else None}
+    result = {"min_score": min_score, "images": indices, "boxes": records, "pointing": rates}
+    if folder is not None:
+        atomic_write_text(folder / "box_explanations.json", json.dumps(result, indent=1) + "\n")
+        written.append(folder / "box_explanations.json")
+    return written, result
+
+
+def pointing_line(result: dict[str, Any]) -> str:
+    parts = []
+    for key, name in (("pointing_gradcam", "Grad-CAM"), ("pointing_attention", "attention")):
+        p = result["pointing"][key]
+        if p["boxes"]:
+            parts.append(f"{name} {p['rate']:.0%} of {p['boxes']} matched boxes")
+    found = len(result["boxes"])
+    return f"{found} boxes scoring >= {result['min_score']:g}; pointing game per box: " + (
+        ", ".join(parts) or "no box matched a true box"
+    )

@@ -8,7 +8,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,8 @@ from visattn.data import DATASETS, load_dataset
 from visattn.models import create_model
 from visattn.registry import MODELS, TASKS
 from visattn.tasks import StepOutput, Task, as_memory_format
-from visattn.train.config import resolve_config
 from visattn.train import load_model
+from visattn.train.config import resolve_config
 from visattn.train.loop import train
 
 
@@ -49,7 +49,7 @@ class Brightness(Task):
     train_metrics = ("loss",)
     eval_columns = ("test_mse",)
     models, datasets = MODELS, DATASETS
-    config_defaults = {"model": "attention_cnn", "dataset": "mnist-sample"}
+    config_defaults: ClassVar[dict[str, Any]] = {"model": "attention_cnn", "dataset": "mnist-sample"}
 
     @classmethod
     def load_data(cls, name: str, **options: Any) -> Any:
@@ -65,9 +65,10 @@ class Brightness(Task):
         return create_model(name, num_classes=1, in_channels=self.bundle.in_channels, **options)
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.name, "num_classes": 1, "in_channels": self.bundle.in_channels, "classes": ["brightness"],
-                "dataset": self.bundle.name, "input_size": list(self.bundle.input_size),
-                "mean": list(self.bundle.stats[0]), "std": list(self.bundle.stats[1])}  # fmt: skip
+        return {"task": self.name, "num_classes": 1, "in_channels": self.bundle.in_channels,
+                "classes": ["brightness"], "dataset": self.bundle.name,
+                "input_size": list(self.bundle.input_size), "mean": list(self.bundle.stats[0]),
+                "std": list(self.bundle.stats[1])}  # fmt: skip
 
     def collate(self, batch: Any) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         images, _ = batch

@@ -108,8 +108,8 @@ class ImageScan:
         """Leave the image at ``path`` out for ``problem``, or stop when none may be left out."""
         if self.max_bad_fraction == 0:
             raise AnnotationError(f"{path}: {problem} (set max_bad_fraction to skip bad images)")
-        self.bad.add(path, problem)
-        self.rejected.append(f"{path}: {problem}")
+        # reported (and logged) in ``finish``, once the read is accepted: a refused read says one line
+        self.rejected.append((path, problem))
 
     def image_size(self, path: Path, stated: tuple[int, int] | None) -> tuple[str | None, tuple[int, int]]:
         """``(problem, (H, W))`` of the image at ``path``; ``stated`` is the annotation's size,
@@ -141,9 +141,11 @@ class ImageScan:
         if self.total and n / self.total > self.max_bad_fraction:
             raise AnnotationError(
                 f"{self.source}: {n} of {self.total} images are unusable, more than the allowed "
-                f"{self.max_bad_fraction:.0%} (first: {self.rejected[0]}); "
+                f"{self.max_bad_fraction:.0%} (first: {self.rejected[0][0]}: {self.rejected[0][1]}); "
                 "set max_bad_fraction to accept more"
             )
+        for path, problem in self.rejected:
+            self.bad.add(path, problem)
         self.counts["bad_images"] = n
         self.counts["images"] = len(self.items)
         self.counts["boxes"] = sum(len(item.boxes) for item in self.items)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class Classification(Task):
     score = "accuracy"
     train_metrics = ("loss", "accuracy")
     models, datasets = MODELS, DATASETS
-    config_defaults = {"model": "attention_cnn", "dataset": "cluttered-mnist"}
+    config_defaults: ClassVar[dict[str, Any]] = {"model": "attention_cnn", "dataset": "cluttered-mnist"}
     eval_columns = ("test_loss", "test_accuracy", "test_top5", "pointing_game")
 
     def __init__(self, bundle: DataBundle, *, smoothing: float = 0.0, scorecard_images: int = 200) -> None:

@@ -98,7 +98,8 @@ def summary_of(
     unusable files and where it ran."""
     return {
         "run_dir": str(run_dir), "task": cfg.task, "model": cfg.model,
-        "attention": cfg.attention or default_attention(cfg.model, registry=task.models), "dataset": cfg.dataset,
+        "attention": cfg.attention or default_attention(cfg.model, registry=task.models),
+        "dataset": cfg.dataset,
         "parameters": sum(p.numel() for p in state.evaluated.parameters()), "epochs": cfg.epochs,
         "steps": state.step, **task.summary(evaluation), "best_epoch": state.best["epoch"],
         f"best_test_{task.score}": state.best["score"], "skipped_steps": state.skipped,
