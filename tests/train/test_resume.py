@@ -7,13 +7,12 @@ import os
 import pickle
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainkit import TINY, only_run, run_visattn, start_visattn
+from trainkit import TINY, only_run, run_visattn, start_visattn, wait_for_mid_epoch
 
 from visattn.train import load_model
 from visattn.train.checkpoint import CheckpointError, load_state
@@ -38,18 +37,7 @@ def interrupt(tmp_path: Path, sig: int) -> tuple[Path, int, str]:
     """Start the reference run, wait for a checkpoint inside epoch 2, send ``sig``."""
     (tmp_path / "tiny.yaml").write_text(TINY)
     proc = start_visattn("train", "--config", tmp_path / "tiny.yaml", "--output", tmp_path / "runs", *FLAGS)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        runs = list((tmp_path / "runs").glob("*/last.state.pt")) if (tmp_path / "runs").exists() else []
-        if runs:
-            try:
-                state = load_state(runs[0])
-            except CheckpointError:
-                state = {}
-            if state.get("epoch") == 1 and state.get("batch", 0) > 0:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    wait_for_mid_epoch(proc, tmp_path / "runs")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     return only_run(tmp_path / "runs"), proc.returncode, err

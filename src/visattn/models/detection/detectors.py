@@ -181,33 +181,16 @@ def build_detector(
         "image_mean": list(image_mean or [0.5] * in_channels),
         "image_std": list(image_std or [0.25] * in_channels),
     }
+    post = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": detections_per_img}
     if kind == "fcos":
         head = FCOSHead(width, per_cell, num_classes, num_convs=head_convs)
         nn.init.constant_(head.regression_head.bbox_reg.bias, regression_start)
-        model = FCOS(
-            body,
-            num_classes,
-            anchor_generator=anchors,
-            head=head,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            **common,
-        )
+        model = FCOS(body, num_classes, anchor_generator=anchors, head=head, **post, **common)
     elif kind == "retinanet":
         head = RetinaNetHead(width, per_cell, num_classes, norm_layer=partial(nn.GroupNorm, 32))
         for tower in (head.classification_head, head.regression_head):
             tower.conv = tower.conv[:head_convs]
-        model = RetinaNet(
-            body,
-            num_classes,
-            anchor_generator=anchors,
-            head=head,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            **common,
-        )
+        model = RetinaNet(body, num_classes, anchor_generator=anchors, head=head, **post, **common)
     else:
         names = [str(k) for k in range(len(levels))]
         hidden = 4 * width
