@@ -257,6 +257,7 @@ def shown(value) -> str:
 
 
 def test_train_help_lists_every_config_field_with_its_default():
+    from visattn.tasks import TASKS
     from visattn.train.config import TrainConfig
 
     rows = help_rows("train")
@@ -264,7 +265,13 @@ def test_train_help_lists_every_config_field_with_its_default():
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         assert flag in rows, f"{flag} missing from visattn train --help"
-        assert f"[default: ({shown(getattr(defaults, name))})]" in rows[flag], rows[flag]
+        # a setting whose default is the task's is unset in the schema; the help names each task's
+        by_task = field.default is None and name in TASKS.get("classification").config_defaults
+        assert f"[default: ({'unset' if by_task else shown(getattr(defaults, name))})]" in rows[flag], rows[
+            flag
+        ]
+        if by_task:
+            assert all(str(TASKS.get(t).config_defaults[name]) in rows[flag] for t in TASKS), rows[flag]
         assert field.description.split()[0] in rows[flag]  # the help is the field's description
 
 

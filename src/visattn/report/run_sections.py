@@ -48,9 +48,10 @@ CHARTS = (  # title, metrics.csv columns, percent
     ("loss", ("train_loss", "test_loss"), False),
     ("accuracy", ("train_accuracy", "test_accuracy", "test_top5"), True),
     ("pointing game", ("pointing_game",), True),
-    ("mAP (detection)", ("test_map", "test_map_50", "test_map_75"), True),
+    ("mAP", ("test_map", "test_map_50", "test_map_75"), True),
     ("learning rate (end of epoch)", ("lr",), False),
 )
+TASK_CHARTS = {"mAP"}  # a detection run's: other runs show no empty box for it
 NOT_CHARTED = {"epoch", "step", "skipped_steps"}
 
 
@@ -68,6 +69,8 @@ def curves_section(run_dir: Path) -> str:
     for title, columns, percent in CHARTS:
         series = {c.replace("_", " "): points(c) for c in columns if c in rows[0]}
         charted.update(columns)
+        if title in TASK_CHARTS and not series:
+            continue
         svg = line_chart(title, series, percent=percent)
         charts.append(svg or f'<div class="chart empty">{esc(title)}: not recorded for this run</div>')
     for column in rows[0]:  # a task's own metrics (a detector's losses, mAP)

@@ -41,7 +41,8 @@ class TrainConfig(BaseModel):
     # what to train
     task: str = Field("classification", description="What is learned (see visattn.tasks)")
     model: str = Field(
-        None, description="Model name (see `visattn models`); unset: the task's (detection: fcos)"
+        None,
+        description="Model name (see `visattn models`); unset: the task's (attention_cnn; detection: fcos)",
     )
     attention: str | None = Field(
         None, description="Attention name (see `visattn attention`), 'none', or unset: the model's own"
