@@ -300,7 +300,7 @@ def evaluate_command(
             if confusion is not None:
                 raise ValueError("--confusion is for classification checkpoints; this one is a detector")
             title = f"{escape(str(checkpoint))} on {name} (test)"
-            table = cli_detection.evaluate_table(model, bundle.test, meta["classes"], device=dev, title=title)
+            table = cli_detection.evaluate_table(model, bundle, device=dev, title=title)
             console.print(table)
             return
         result = evaluate(

@@ -15,8 +15,10 @@ from rich.table import Table
 from torch import nn
 
 from ._io import atomic_write_text
+from .data.datasets import DataBundle
 from .data.detection_metrics import detection_map
 from .data.images import load_image
+from .tasks.detection import Detection
 from .tasks.detection_figures import save_detections
 
 
@@ -47,21 +49,11 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def evaluate_table(
-    model: nn.Module, test: Any, classes: list[str], *, device: torch.device, title: str
-) -> Table:
-    """COCO mAP of ``model`` on ``test``: the summary rows, AP by object size and by class."""
-    preds, truth = [], []
-    with torch.no_grad():
-        for at in range(0, len(test), 50):
-            idx = range(at, min(at + 50, len(test)))
-            out = model([test[i][0].to(device) for i in idx])
-            preds += [{k: v.cpu() for k, v in d.items()} for d in out]
-            truth += [
-                test.evaluation_target(i) if hasattr(test, "evaluation_target") else test.target(i)
-                for i in idx
-            ]
-    m = detection_map(preds, truth, class_names=classes)
+def evaluate_table(model: nn.Module, bundle: DataBundle, *, device: torch.device, title: str) -> Table:
+    """COCO mAP of ``model`` on the test split (the task's own evaluation, with AP per class):
+    the summary rows, AP by object size and by class."""
+    found = Detection(bundle).evaluate(model, device=device, rank=0, world=1, channels_last=False)
+    m = detection_map(found.predictions, found.truth, class_names=bundle.classes)
     table = Table(title=f"{title} ({m['images']} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")

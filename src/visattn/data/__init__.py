@@ -68,15 +68,18 @@ class DataOptions:
     seed: int = 0
 
 
-def load_dataset(name: str, *, data_dir: Path | None = None, **options: object) -> DataBundle:
-    """Build the data set registered as ``name`` (options: see ``DataOptions``).
+def load_dataset(
+    name: str, *, data_dir: Path | None = None, registry: Registry = DATASETS, **options: object
+) -> DataBundle:
+    """Build the data set registered as ``name`` in ``registry`` (the classification sets;
+    detection's are in ``detection_sets.DETECTION_DATASETS``); options: see ``DataOptions``.
 
     Example:
         >>> bundle = load_dataset("cluttered-mnist")
         >>> len(bundle.train), len(bundle.test), bundle.input_size
         (8000, 1000, (60, 60))
     """
-    builder = DATASETS.get(name)
+    builder = registry.get(name)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data dir {data_dir} does not exist or is not a folder")
     opts = DataOptions(data_dir=None if data_dir is None else Path(data_dir), **options)

@@ -12,14 +12,12 @@ prototype), fresh canvases are the augmentation.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._checks import check_float, check_int
 from ..registry import Registry
-from . import DataOptions, DataUnavailableError
+from . import DataOptions, DataUnavailableError, _needs_dir, load_dataset
 from .annotated import AnnotatedImages
 from .coco import read_coco
 from .datasets import DataBundle
@@ -95,20 +93,12 @@ def load_detection_dataset(name: str, **options: Any) -> DataBundle:
         >>> len(bundle.train), len(bundle.test), bundle.input_size
         (2000, 500, (64, 64))
     """
-    builder = DETECTION_DATASETS.get(name)
-    data_dir = options.pop("data_dir", None)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise FileNotFoundError(f"data dir {data_dir} does not exist or is not a folder")
-    opts = DataOptions(data_dir=None if data_dir is None else Path(data_dir), **options)
-    if opts.augment not in (None, "none"):
+    if options.get("augment") not in (None, "none"):
         raise ValueError(
-            f"detection data sets take no augmentation preset; augment must be 'none', got {opts.augment!r}"
+            "detection data sets take no augmentation preset; augment must be 'none', "
+            f"got {options['augment']!r}"
         )
-    if opts.image_size is not None:
-        check_int("image_size", opts.image_size)
-    check_float("max_bad_fraction", opts.max_bad_fraction, low=0.0, high=1.0, high_open=False)
-    check_int("seed", opts.seed, minimum=0)
-    return builder(opts)
+    return load_dataset(name, registry=DETECTION_DATASETS, **options)
 
 
 @DETECTION_DATASETS.register("cluttered-mnist-detection")
@@ -198,9 +188,3 @@ def voc(opts: DataOptions) -> DataBundle:
     train = read_voc(root, pick[0], max_bad_fraction=opts.max_bad_fraction, bad=bad)
     test = read_voc(root, pick[1], classes=train.classes, max_bad_fraction=opts.max_bad_fraction, bad=bad)
     return _read_bundle("voc", opts, train, test)
-
-
-def _needs_dir(opts: DataOptions, name: str) -> Path:
-    if opts.data_dir is None:
-        raise DataUnavailableError(f"data set {name} is read from disk: pass --data-dir")
-    return opts.data_dir

@@ -201,10 +201,7 @@ class Detection(Task):
             dist.all_gather_object(gathered, pairs)
             pairs = sorted((p for part in gathered for p in part), key=lambda p: p[0])
         preds = [p for _, p in pairs]
-        truth = [
-            test.evaluation_target(i) if hasattr(test, "evaluation_target") else test.target(i)
-            for i, _ in pairs
-        ]
+        truth = [test.evaluation_target(i) for i, _ in pairs]
         # AP per class doubles the time: the summary computes it once, at the end
         metrics = detection_map(preds, truth, class_names=self.bundle.classes, per_class=False)
         return DetectionEval(metrics, sum(len(p["boxes"]) for p in preds), len(preds), preds, truth)

@@ -19,6 +19,7 @@ stage maps; the neck (``necks.py``) picks the levels the detector uses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,19 +28,12 @@ from torch import Tensor, nn
 from ..._checks import check_int
 from ...attention import AttentionSpec
 from ...registry import MODELS
+from ..attention_cnn import _conv_bn_relu
 from ..factory import attention_factory, identity_if_none
 from ..resnet import POSITIONS, ResNet
 from ..surgery import insert_attention
 
 __all__ = ["BACKBONES", "ConvBackbone", "ResNetBackbone", "TimmBackbone", "build_backbone"]
-
-
-def _stage(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 def _stages_flags(stages: Sequence[bool] | None, count: int, default: Sequence[bool]) -> tuple[bool, ...]:
@@ -83,10 +77,10 @@ class ConvBackbone(nn.Module):
         make = identity_if_none(attention_factory(attention, attention_options, model="conv backbone"))
         chans = [check_int("in_channels", in_channels), *(check_int("widths", w) for w in widths)]
         self.stages = nn.ModuleList(
-            _stage(chans[i], chans[i + 1], check_int("strides", s)) for i, s in enumerate(strides)
+            _conv_bn_relu(chans[i], chans[i + 1], check_int("strides", s)) for i, s in enumerate(strides)
         )
         self.attn = nn.ModuleList(make(w) if f else nn.Identity() for w, f in zip(widths, flags, strict=True))
-        self.channels, self.strides = list(widths), [_prod(strides[: i + 1]) for i in range(len(strides))]
+        self.channels, self.strides = list(widths), [math.prod(strides[: i + 1]) for i in range(len(strides))]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = []
@@ -174,13 +168,6 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return list(self.body(x))
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 BACKBONES = ("conv", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "timm:<name>")
